@@ -1,0 +1,11 @@
+PYTHON ?= python3
+
+.PHONY: install test
+
+# CPU install: pins the CPU build of torch first, so that pip never pulls a multi-GB CUDA build.
+install:
+	$(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e ".[test]"
+
+test:
+	$(PYTHON) -m pytest -q -ra tests

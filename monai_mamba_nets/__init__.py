@@ -1,0 +1,8 @@
+"""Mamba (selective state-space) UNets for MONAI."""
+
+from .layers import BidirectionalMamba, Mamba
+from .ops import available_backends, selective_scan
+
+__version__ = "0.1.0"
+
+__all__ = ["selective_scan", "available_backends", "Mamba", "BidirectionalMamba", "__version__"]

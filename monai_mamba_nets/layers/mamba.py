@@ -1,0 +1,167 @@
+"""The Mamba-1 mixer with mamba-ssm's parameter names, shapes and initialisation, running on any device."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.scan_cuda import cuda_extension
+from ..ops.selective_scan import selective_scan
+
+__all__ = ["Mamba", "BidirectionalMamba", "causal_conv1d_silu"]
+
+
+def _causal_conv1d_kernel():
+    """causal-conv1d's Python entry point where its CUDA extension imports, else None."""
+    if cuda_extension("causal_conv1d_cuda") is None:
+        return None
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except ImportError:
+        return None
+    return causal_conv1d_fn
+
+
+def causal_conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """silu(causal depthwise conv1d(x)) for x of shape (batch, channels, L), with ``conv`` padded by k - 1.
+
+    Uses causal-conv1d's kernel on CUDA where it is installed, ``F.conv1d`` otherwise.
+    """
+    kernel = _causal_conv1d_kernel() if x.is_cuda else None
+    if kernel is not None:
+        return kernel(x, conv.weight.squeeze(1), conv.bias, activation="silu")
+    return F.silu(conv(x)[..., : x.shape[-1]])
+
+
+class Mamba(nn.Module):
+    """Mamba-1 selective state-space mixer (Gu & Dao 2023), state-dict compatible with ``mamba_ssm.Mamba``.
+
+    Args:
+        d_model: token channels C.
+        d_state: state size N per channel.
+        d_conv: width of the causal depthwise convolution.
+        expand: inner channels Di = expand * d_model.
+        dt_rank: rank of the time-step projection; ``"auto"`` = ceil(d_model / 16).
+        dt_min, dt_max: range of the log-uniform initial time steps.
+        dt_init: ``"random"`` (uniform +-dt_rank^-0.5 * dt_scale) or ``"constant"`` init of ``dt_proj.weight``.
+        dt_scale: scale of that init.
+        dt_init_floor: smallest initial time step.
+        conv_bias: bias in the depthwise convolution.
+        bias: bias in ``in_proj`` and ``out_proj``.
+        project_output: False replaces ``out_proj`` by identity, returning the Di inner channels (LKM-UNet
+            shares one projection between two directions).
+        scan_backend: backend of :func:`monai_mamba_nets.selective_scan`.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        project_output: bool = True,
+        scan_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"Mamba: `dt_init` must be 'random' or 'constant', got {dt_init!r}.")
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_backend = scan_backend
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias) if project_output else nn.Identity()
+        self._init_dt_proj(dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
+
+    def _init_dt_proj(self, dt_min: float, dt_max: float, dt_init: str, dt_scale: float, dt_init_floor: float) -> None:
+        std = self.dt_rank**-0.5 * dt_scale
+        with torch.no_grad():
+            if dt_init == "constant":
+                self.dt_proj.weight.fill_(std)
+            else:
+                self.dt_proj.weight.uniform_(-std, std)
+            dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=dt_init_floor)
+            # bias = softplus^-1(dt), so that softplus(bias) starts at dt
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True
+
+    def inner(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Everything before ``out_proj``: (batch, L, d_model) -> gated scan output (batch, L, d_inner), fp32."""
+        if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
+            raise ValueError(
+                f"Mamba: input must be (batch, L, d_model={self.d_model}), got shape {tuple(hidden_states.shape)}."
+            )
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
+        x = causal_conv1d_silu(x, self.conv1d)
+        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)
+        # the scan runs in fp32 whatever autocast does, as in mamba-ssm and all three reference networks
+        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+            y = selective_scan(
+                x.float(),
+                dt.transpose(1, 2).float(),
+                -torch.exp(self.A_log.float()),
+                B.transpose(1, 2).float(),
+                C.transpose(1, 2).float(),
+                self.D.float(),
+                z=z.float(),
+                delta_bias=self.dt_proj.bias.float(),
+                delta_softplus=True,
+                backend=self.scan_backend,
+            )
+        return y.transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: tokens (batch, L, d_model).
+
+        Returns:
+            (batch, L, d_model), or (batch, L, d_inner) when built with ``project_output=False``.
+        """
+        return self.out_proj(self.inner(hidden_states))
+
+
+class BidirectionalMamba(nn.Module):
+    """Two Mamba mixers, one over the sequence and one over its reverse, summed before one shared ``out_proj``.
+
+    This is the "BiM" of LKM-UNet: ``mamba_forw`` and ``mamba_backw`` keep mamba-ssm's names without their
+    own output projection, and ``out_proj`` (Linear Di -> d_model, no bias) serves both.
+
+    Args:
+        d_model: token channels.
+        mamba_kwargs: further :class:`Mamba` arguments (d_state, d_conv, expand, ...).
+    """
+
+    def __init__(self, d_model: int, **mamba_kwargs) -> None:
+        super().__init__()
+        self.mamba_forw = Mamba(d_model, project_output=False, **mamba_kwargs)
+        self.mamba_backw = Mamba(d_model, project_output=False, **mamba_kwargs)
+        self.out_proj = nn.Linear(self.mamba_forw.d_inner, d_model, bias=mamba_kwargs.get("bias", False))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(batch, L, d_model) -> (batch, L, d_model)."""
+        forward = self.mamba_forw(hidden_states)
+        backward = self.mamba_backw(hidden_states.flip(1)).flip(1)
+        return self.out_proj(forward + backward)
