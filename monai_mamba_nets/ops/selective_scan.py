@@ -9,7 +9,9 @@ For batch b, channel d and state n (kernels.md, section 1.1)::
 
 from __future__ import annotations
 
+import functools
 import os
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -20,9 +22,32 @@ from .scan_torch import selective_scan_torch
 __all__ = ["selective_scan", "available_backends", "resolve_backend", "BACKEND_ENV", "BACKENDS"]
 
 BACKEND_ENV = "MONAI_MAMBA_SCAN_BACKEND"
-BACKENDS = ("auto", "torch", "cuda")
+BACKENDS = ("auto", "torch", "cuda", "triton")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_IMPLEMENTATIONS: dict[str, Callable] = {"torch": selective_scan_torch, "cuda": selective_scan_cuda_kernel}
+# the triton backend keeps a (chunk, N) tile per program in registers
+_TRITON_MAX_DSTATE = 64
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_module() -> ModuleType | None:
+    """``scan_triton`` where Triton imports (it ships with CUDA builds of PyTorch), else None. Imported on first
+    use only, so that CPU-only installs never touch Triton."""
+    try:
+        from . import scan_triton
+    except (ImportError, OSError):
+        return None
+    return scan_triton
+
+
+def _selective_scan_triton(*args):
+    return _triton_module().selective_scan_triton(*args)
+
+
+_IMPLEMENTATIONS: dict[str, Callable] = {
+    "torch": selective_scan_torch,
+    "cuda": selective_scan_cuda_kernel,
+    "triton": _selective_scan_triton,
+}
 
 
 def _check_real_float(name: str, x: torch.Tensor) -> None:
@@ -102,24 +127,52 @@ def _cuda_applicability(u, A, B, C, D, z, delta_bias) -> str | None:
     return None
 
 
+def _triton_applicability(u, A, B, C, D, z, delta_bias) -> str | None:
+    """Why the Triton kernels cannot run these tensors, or None when they can."""
+    if not u.is_cuda:
+        return f"tensors are on {u.device}, the Triton kernels need CUDA tensors"
+    if _triton_module() is None:
+        return "`import triton` fails (Triton ships with CUDA builds of PyTorch)"
+    for name, x in (("u", u), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("delta_bias", delta_bias)):
+        if x is not None and x.dtype not in _KERNEL_DTYPES:
+            return f"the kernels take float32/float16/bfloat16 tensors, got `{name}` of dtype {x.dtype}"
+    if B.dim() == 2 or C.dim() == 2:
+        return "the kernels take time-varying B and C only, (batch, N, L) or (batch, groups, N, L)"
+    if A.shape[1] > _TRITON_MAX_DSTATE:
+        return f"the kernels take N <= {_TRITON_MAX_DSTATE}, got N = {A.shape[1]}"
+    return None
+
+
 def available_backends() -> list[str]:
-    """Backends that can run on this machine (``cuda`` only with a GPU and mamba-ssm's extension)."""
-    return ["torch"] + (["cuda"] if cuda_extension() is not None else [])
+    """Backends that can run on this machine (``cuda`` and ``triton`` only with a GPU and, for ``cuda``,
+    mamba-ssm's extension; for ``triton``, an importable Triton)."""
+    backends = ["torch"] + (["cuda"] if cuda_extension() is not None else [])
+    if torch.cuda.is_available() and _triton_module() is not None:
+        backends.append("triton")
+    return backends
 
 
 def resolve_backend(backend: str, u, A, B, C, D=None, z=None, delta_bias=None) -> str:
-    """The concrete backend a call runs on. ``auto`` defers to $MONAI_MAMBA_SCAN_BACKEND when it is set."""
+    """The concrete backend a call runs on. ``auto`` defers to $MONAI_MAMBA_SCAN_BACKEND when it is set, and
+    otherwise takes the first of triton, cuda, torch that can run the tensors."""
     if backend == "auto":
         backend = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
         if backend not in BACKENDS:
             raise ValueError(f"${BACKEND_ENV}={backend!r} is not one of {BACKENDS}.")
     elif backend not in BACKENDS:
         raise ValueError(f"selective_scan: `backend` must be one of {BACKENDS}, got {backend!r}.")
-    reason = _cuda_applicability(u, A, B, C, D, z, delta_bias)
     if backend == "auto":
-        return "cuda" if reason is None else "torch"
-    if backend == "cuda" and reason is not None:
-        raise RuntimeError(f"selective_scan: backend 'cuda' cannot run here: {reason}; {INSTALL_HINT}.")
+        if _triton_applicability(u, A, B, C, D, z, delta_bias) is None:
+            return "triton"
+        return "cuda" if _cuda_applicability(u, A, B, C, D, z, delta_bias) is None else "torch"
+    if backend == "cuda":
+        reason = _cuda_applicability(u, A, B, C, D, z, delta_bias)
+        if reason is not None:
+            raise RuntimeError(f"selective_scan: backend 'cuda' cannot run here: {reason}; {INSTALL_HINT}.")
+    if backend == "triton":
+        reason = _triton_applicability(u, A, B, C, D, z, delta_bias)
+        if reason is not None:
+            raise RuntimeError(f"selective_scan: backend 'triton' cannot run here: {reason}.")
     return backend
 
 
@@ -150,15 +203,16 @@ def selective_scan(
         delta_bias: (dim,), added to ``delta`` before softplus.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state (batch, dim, N) in the compute dtype (no gradient).
-        backend: ``"auto"`` (default: mamba-ssm's kernel where it is importable and applicable, else torch;
-            $MONAI_MAMBA_SCAN_BACKEND overrides the choice), ``"torch"`` or ``"cuda"``.
+        backend: ``"auto"`` (default: the Triton kernels on CUDA where Triton imports and the inputs suit them,
+            else mamba-ssm's kernel where it is importable and applicable, else torch;
+            $MONAI_MAMBA_SCAN_BACKEND overrides the choice), ``"torch"``, ``"cuda"`` or ``"triton"``.
 
     Returns:
         ``out`` of ``u``'s shape and dtype, or ``(out, last_state)`` when ``return_last_state``.
 
     Raises:
         ValueError: a tensor has the wrong rank, shape, dtype or device (the message names the argument).
-        RuntimeError: ``cuda`` was forced where mamba-ssm's kernel cannot run.
+        RuntimeError: ``cuda`` or ``triton`` was forced where that backend cannot run (the message says why).
     """
     _validate(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u, A, B, C, D, z, delta_bias)

@@ -1,0 +1,211 @@
+"""The Triton selective-scan backend: against the torch backend in float64, against mamba-ssm's kernel where it is
+installed, and (on CPU, where Triton is installed) under Triton's interpreter.
+
+Tolerances are the issue's (mamba-ssm's own test tolerances): fp32 rtol 6e-4 / atol 2e-3, bf16 3e-2 / 5e-2. For
+gradients summed over batch and L (dA, dD, ddelta_bias) and over the channels of a group (dB, dC) the absolute
+tolerance is scaled by the gradient's magnitude, since their size grows with the sizes summed over.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from scan_inputs import relative_error, scan_operands
+
+from monai_mamba_nets import available_backends, selective_scan
+from monai_mamba_nets.ops import resolve_backend
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+gpu = pytest.mark.gpu
+TOLERANCES = {torch.float32: (6e-4, 2e-3), torch.bfloat16: (3e-2, 5e-2)}
+REDUCED = ("A", "B", "C", "D", "delta_bias")
+
+
+def _run(backend, ops, grad_out, dtype=None, **kwargs):
+    """Output and gradients of every operand; ``dtype`` casts the operands first (float64 for the oracle)."""
+    leaves = {k: None if v is None else (v.to(dtype) if dtype else v).clone().requires_grad_() for k, v in ops.items()}
+    out = selective_scan(**leaves, backend=backend, **kwargs)
+    result = out[0] if isinstance(out, tuple) else out
+    (result * grad_out.to(result.dtype)).sum().backward()
+    return out, {k: v.grad for k, v in leaves.items() if v is not None}
+
+
+def _assert_close(name, actual, expected, dtype):
+    rtol, atol = TOLERANCES[dtype]
+    scale = expected.abs().max().item() if name in REDUCED else 1.0
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol * max(1.0, scale), msg=name)
+
+
+def _compare_with_float64_torch(ops, dtype=torch.float32, delta_softplus=True):
+    """Triton on ``ops`` against the torch backend in float64 on the same (already rounded) values."""
+    u = ops["u"]
+    grad_out = torch.randn(u.shape, device=u.device, generator=torch.Generator(u.device).manual_seed(11)).to(u.dtype)
+    (out, last), grads = _run("triton", ops, grad_out, delta_softplus=delta_softplus, return_last_state=True)
+    (ref, ref_last), ref_grads = _run(
+        "torch", ops, grad_out, dtype=torch.float64, delta_softplus=delta_softplus, return_last_state=True
+    )
+    assert out.dtype == u.dtype and last.dtype == torch.float32 and last.shape == (u.shape[0], u.shape[1], ops["A"].shape[1])
+    _assert_close("out", out, ref, dtype)
+    _assert_close("last_state", last, ref_last, dtype)
+    for name, grad in grads.items():
+        assert grad.dtype == ops[name].dtype and grad.shape == ops[name].shape, name
+        _assert_close(name, grad, ref_grads[name], dtype)
+
+
+@gpu
+@pytest.mark.parametrize("regime", ["trained", "init"])
+@pytest.mark.parametrize(
+    "batch, dim, length, dstate, groups",
+    [(2, 64, 4096, 16, None), (2, 16, 1000, 16, 4), (1, 8, 1, 16, None), (2, 8, 300, 5, 2), (1, 4, 129, 1, 1)],
+)
+def test_matches_float64_torch_backend(regime, batch, dim, length, dstate, groups):
+    """Chunk-aligned and ragged L, L = 1, grouped B/C, N not a power of two and N = 1."""
+    _compare_with_float64_torch(scan_operands(batch, dim, length, dstate, groups=groups, regime=regime, device="cuda"))
+
+
+@gpu
+@pytest.mark.parametrize("with_z, with_D, with_bias, softplus", [(False, False, False, True), (True, False, True, False)])
+def test_optional_operands(with_z, with_D, with_bias, softplus):
+    ops = scan_operands(2, 8, 517, 16, groups=2, device="cuda", seed=3)
+    if not softplus:  # without softplus a negative dt would make the recurrence grow
+        ops["delta"], ops["delta_bias"] = ops["delta"].abs(), ops["delta_bias"].abs()
+    ops.update(z=ops["z"] if with_z else None, D=ops["D"] if with_D else None)
+    ops["delta_bias"] = ops["delta_bias"] if with_bias else None
+    _compare_with_float64_torch(ops, delta_softplus=softplus)
+
+
+@gpu
+def test_bfloat16_inputs():
+    _compare_with_float64_torch(scan_operands(2, 32, 2000, 16, groups=2, dtype=torch.bfloat16, device="cuda"), torch.bfloat16)
+
+
+@gpu
+@pytest.mark.slow
+def test_very_long_sequence():
+    """L = 2^21 (a 128^3 volume): thousands of chunks carried through the carry pass."""
+    _compare_with_float64_torch(scan_operands(1, 2, 2**21, 16, regime="init", device="cuda", seed=5))
+
+
+@gpu
+def test_gradients_are_deterministic():
+    ops = scan_operands(2, 64, 3000, 16, device="cuda", seed=6)
+    grad_out = torch.randn(2, 64, 3000, device="cuda")
+    first, second = (_run("triton", ops, grad_out, delta_softplus=True)[1] for _ in range(2))
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+@gpu
+@pytest.mark.skipif("cuda" not in available_backends(), reason="mamba-ssm's kernel is not installed")
+@pytest.mark.parametrize("groups, dtype", [(None, torch.float32), (4, torch.float32), (None, torch.bfloat16)])
+def test_matches_mamba_ssm(groups, dtype):
+    ops = scan_operands(2, 64, 4096, 16, groups=groups, dtype=dtype, device="cuda", seed=7)
+    grad_out = torch.randn(2, 64, 4096, device="cuda")
+    (out, last), grads = _run("triton", ops, grad_out, delta_softplus=True, return_last_state=True)
+    (ref, ref_last), ref_grads = _run("cuda", ops, grad_out, delta_softplus=True, return_last_state=True)
+    print(f"FIGURE triton vs mamba-ssm {dtype} G={groups}: out rel err {relative_error(out, ref):.2e}")
+    _assert_close("out", out, ref, dtype)
+    _assert_close("last_state", last, ref_last, dtype)
+    for name, grad in grads.items():
+        print(f"FIGURE triton vs mamba-ssm {dtype} G={groups}: d{name} rel err {relative_error(grad, ref_grads[name]):.2e}")
+        _assert_close(name, grad, ref_grads[name], dtype)
+
+
+@gpu
+def test_auto_prefers_triton_and_forcing_explains_why_not():
+    ops = scan_operands(1, 4, 10, 4, device="cuda")
+    assert "triton" in available_backends()
+    assert resolve_backend("auto", ops["u"], ops["A"], ops["B"], ops["C"]) == "triton"
+    invariant = scan_operands(1, 4, 10, 4, time_invariant_B=True, device="cuda")
+    assert resolve_backend("auto", invariant["u"], invariant["A"], invariant["B"], invariant["C"]) != "triton"
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot run here: .*time-varying B and C"):
+        selective_scan(**invariant, backend="triton")
+
+
+@gpu
+def test_mamba_mixer_with_triton_scan():
+    from monai_mamba_nets import Mamba
+
+    torch.manual_seed(0)
+    mixer = Mamba(32, scan_backend="triton").cuda()
+    x = torch.randn(2, 1500, 32, device="cuda", requires_grad=True)
+    out = mixer(x)
+    out.square().sum().backward()
+    grads = {k: p.grad.clone() for k, p in mixer.named_parameters()}
+    mixer.zero_grad()
+    mixer.scan_backend = "torch"
+    ref = mixer(x)
+    ref.square().sum().backward()
+    assert relative_error(out, ref) <= 1e-4
+    for name, p in mixer.named_parameters():
+        assert relative_error(grads[name], p.grad) <= 1e-3, name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_forcing_triton_on_cpu_says_why():
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot run here: tensors are on cpu"):
+        selective_scan(**scan_operands(1, 2, 3, 2), backend="triton")
+    assert "triton" not in available_backends()
+
+
+# Runs in a fresh interpreter: TRITON_INTERPRET must be set before the kernels are defined.
+_INTERPRETER_CHECK = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+    import triton.runtime.interpreter as interpreter
+
+    if np.lib.NumpyVersion(np.__version__) >= "2.4.0":
+        # Triton 3.6's interpreter turns loop bounds into ints with int() of a 1-element array, which numpy 2.4
+        # refuses; index the element instead.
+        patch = interpreter._patch_lang_tensor
+
+        def _patch_lang_tensor(tensor, scope):
+            patch(tensor, scope)
+            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+        interpreter._patch_lang_tensor = _patch_lang_tensor
+
+    from scan_inputs import relative_error, scan_operands
+    from monai_mamba_nets.ops import scan_triton, selective_scan_ref
+
+    scan_triton.CHUNK, scan_triton.CHANNEL_BLOCK = 16, 2  # several chunks and channel blocks on tiny shapes
+    cases = [
+        dict(batch=2, dim=4, length=40, dstate=4, groups=None, dtype=torch.float32),
+        dict(batch=1, dim=6, length=37, dstate=5, groups=3, dtype=torch.float32),
+        dict(batch=2, dim=4, length=1, dstate=4, groups=2, dtype=torch.float32),
+        dict(batch=1, dim=4, length=29, dstate=4, groups=None, dtype=torch.bfloat16),
+    ]
+    for case in cases:
+        ops = scan_operands(**case, seed=case["length"])
+        grad_out = torch.randn(case["batch"], case["dim"], case["length"])
+        results = []
+        for scan, dtype in ((scan_triton.selective_scan_triton, None), (selective_scan_ref, torch.float64)):
+            leaves = {k: (v.to(dtype) if dtype else v).clone().requires_grad_() for k, v in ops.items()}
+            out, last = scan(**leaves, delta_softplus=True, return_last_state=True)
+            (out * grad_out.to(out.dtype)).sum().backward()
+            results.append((out, last, {k: v.grad for k, v in leaves.items()}))
+        (out, last, grads), (ref, ref_last, ref_grads) = results
+        bound = 1e-5 if case["dtype"] == torch.float32 else 1e-2
+        errors = {"out": relative_error(out, ref), "last": relative_error(last, ref_last)}
+        errors.update({"d" + k: relative_error(grads[k], ref_grads[k]) for k in ops})
+        assert max(errors.values()) <= bound, (case, errors)
+    print("interpreter check passed")
+    """
+)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+def test_kernels_under_triton_interpreter():
+    tests_dir = Path(__file__).resolve().parent
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(tests_dir), str(tests_dir.parent)]))
+    result = subprocess.run(
+        [sys.executable, "-c", _INTERPRETER_CHECK], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "interpreter check passed" in result.stdout
