@@ -1,5 +1,8 @@
 """Layers built on the selective scan."""
 
 from .mamba import BidirectionalMamba, Mamba, causal_conv1d_silu
+from .patch import PatchEmbed2D, PatchExpand2D, PatchMerging2D
+from .ss2d import SS2D, VSSBlock, cross_merge, cross_scan
 
 __all__ = ["Mamba", "BidirectionalMamba", "causal_conv1d_silu"]
+__all__ += ["SS2D", "VSSBlock", "cross_scan", "cross_merge", "PatchEmbed2D", "PatchMerging2D", "PatchExpand2D"]

@@ -1,0 +1,5 @@
+"""Networks."""
+
+from .mamba_unet import MambaUNet
+
+__all__ = ["MambaUNet"]
