@@ -140,3 +140,11 @@ def test_bad_input_shape_is_named(shape):
 def test_bad_dt_init():
     with pytest.raises(ValueError, match="dt_init"):
         Mamba(16, dt_init="zeros")
+
+
+def test_float64_model_scans_in_float64():
+    torch.manual_seed(5)
+    m = Mamba(8).double()
+    x = torch.randn(1, 6, 8, dtype=torch.float64, requires_grad=True)
+    assert m(x).dtype == torch.float64
+    assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-6)

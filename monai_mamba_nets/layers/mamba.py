@@ -107,7 +107,7 @@ class Mamba(nn.Module):
         self.dt_proj.bias._no_reinit = True
 
     def inner(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Everything before ``out_proj``: (batch, L, d_model) -> gated scan output (batch, L, d_inner), fp32."""
+        """Everything before ``out_proj``: (batch, L, d_model) -> gated scan output (batch, L, d_inner), fp32 (fp64 for a float64 model)."""
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(
                 f"Mamba: input must be (batch, L, d_model={self.d_model}), got shape {tuple(hidden_states.shape)}."
@@ -116,17 +116,18 @@ class Mamba(nn.Module):
         x = causal_conv1d_silu(x, self.conv1d)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)
-        # the scan runs in fp32 whatever autocast does, as in mamba-ssm and all three reference networks
+        # the scan runs in fp32 (fp64 for a float64 model) whatever autocast does, as in mamba-ssm
+        scan_dtype = torch.promote_types(self.D.dtype, torch.float32)
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
             y = selective_scan(
-                x.float(),
-                dt.transpose(1, 2).float(),
-                -torch.exp(self.A_log.float()),
-                B.transpose(1, 2).float(),
-                C.transpose(1, 2).float(),
-                self.D.float(),
-                z=z.float(),
-                delta_bias=self.dt_proj.bias.float(),
+                x.to(scan_dtype),
+                dt.transpose(1, 2).to(scan_dtype),
+                -torch.exp(self.A_log.to(scan_dtype)),
+                B.transpose(1, 2).to(scan_dtype),
+                C.transpose(1, 2).to(scan_dtype),
+                self.D.to(scan_dtype),
+                z=z.to(scan_dtype),
+                delta_bias=self.dt_proj.bias.to(scan_dtype),
                 delta_softplus=True,
                 backend=self.scan_backend,
             )
