@@ -119,9 +119,15 @@ def test_rvm_layer_is_mamba_plus_scaled_skip_between_one_shared_layernorm():
 
 
 def test_rvm_layer_runs_in_float32():
+    torch.manual_seed(0)
     layer = ResidualVisionMamba(8, 8, scan_backend="torch")
-    out = layer(torch.randn(1, 8, 3, 4).half())
+    x = torch.randn(1, 8, 3, 4)
+    out = layer(x.half())
     assert out.dtype == torch.float32 and out.shape == (1, 8, 3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = layer(x)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, layer(x))  # autocast does not reach inside the layer
 
 
 def test_mamba_runs_before_the_max_pool():
@@ -237,3 +243,24 @@ def test_fast_backends_agree_with_torch_on_gpu(backend, shape):
     for (name, p_ref), p in zip(reference.named_parameters(), candidate.parameters()):
         scale = p_ref.grad.abs().max().item()
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-3, atol=1e-3 * scale, msg=name)
+
+
+@pytest.mark.gpu
+def test_mixed_precision_training_step_on_gpu():
+    """Under bfloat16 autocast the convolutions run in bf16 while every RVM layer stays float32."""
+    torch.manual_seed(0)
+    net = LightMUNet(3, 1, 3).cuda()  # scan backend "auto": the fastest one installed
+    rvm_dtypes = []
+    hooks = [
+        m.register_forward_hook(lambda m, args, out: rvm_dtypes.append(out.dtype))
+        for m in net.modules()
+        if isinstance(m, ResidualVisionMamba)
+    ]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = net(torch.randn(2, 1, 32, 24, 40, device="cuda"))
+    out.float().square().mean().backward()
+    for hook in hooks:
+        hook.remove()
+    assert out.shape == (2, 3, 32, 24, 40) and torch.isfinite(out).all()
+    assert rvm_dtypes and set(rvm_dtypes) == {torch.float32}
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
