@@ -174,14 +174,16 @@ _INTERPRETER_CHECK = textwrap.dedent(
     from scan_inputs import relative_error, scan_operands
     from monai_mamba_nets.ops import scan_triton, selective_scan_ref
 
-    scan_triton.CHUNK, scan_triton.CHANNEL_BLOCK = 16, 2  # several chunks and channel blocks on tiny shapes
+    scan_triton.CHUNK = 16  # several chunks on tiny shapes
     cases = [
         dict(batch=2, dim=4, length=40, dstate=4, groups=None, dtype=torch.float32),
         dict(batch=1, dim=6, length=37, dstate=5, groups=3, dtype=torch.float32),
         dict(batch=2, dim=4, length=1, dstate=4, groups=2, dtype=torch.float32),
         dict(batch=1, dim=4, length=29, dstate=4, groups=None, dtype=torch.bfloat16),
     ]
-    for case in cases:
+    for case, programs in zip(cases, (1, 4, 2048, 1)):
+        # 1 program: one backward program loops over all channels of a group; more: several channel blocks
+        scan_triton.BACKWARD_PROGRAMS = programs
         ops = scan_operands(**case, seed=case["length"])
         grad_out = torch.randn(case["batch"], case["dim"], case["length"])
         results = []
@@ -203,7 +205,8 @@ _INTERPRETER_CHECK = textwrap.dedent(
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
 def test_kernels_under_triton_interpreter():
     tests_dir = Path(__file__).resolve().parent
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(tests_dir), str(tests_dir.parent)]))
+    path = [str(tests_dir), str(tests_dir.parent)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(path))
     result = subprocess.run(
         [sys.executable, "-c", _INTERPRETER_CHECK], env=env, capture_output=True, text=True, timeout=600
     )

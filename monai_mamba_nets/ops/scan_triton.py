@@ -25,10 +25,13 @@ import triton.language as tl
 
 __all__ = ["selective_scan_triton", "CHUNK"]
 
-# Steps per chunk: one program scans one (CHUNK, N) tile. 128 keeps the backward's tiles in registers.
-CHUNK = 128
-# Channels whose B/C gradients one backward program sums before writing them.
-CHANNEL_BLOCK = 8
+# Steps per chunk: one program scans one (CHUNK, N) tile. Tuned on an H100 with the warps below.
+CHUNK = 256
+FORWARD_WARPS = 4
+BACKWARD_WARPS = 8
+# Backward programs wanted (about 16 per SM of an H100): each sums the B/C gradients of as many channels of
+# a group as this leaves, so fewer partial sums are written where there are enough chunks.
+BACKWARD_PROGRAMS = 2048
 
 
 @triton.jit
@@ -176,8 +179,10 @@ def _output_gradient(dout_ptr, z_ptr, offset, t, length, y, HAS_Z: tl.constexpr)
     dout = tl.load(dout_ptr + offset + t, mask=t < length, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptr + offset + t, mask=t < length, other=0.0).to(tl.float32)
-        return _gate(dout, z, y)
-    return dout, dout
+        dy, dz = _gate(dout, z, y)
+    else:
+        dy, dz = dout, dout
+    return dy, dz
 
 
 @triton.jit
@@ -224,11 +229,11 @@ def _bwd_chunk_summary_kernel(
 def _bwd_chunk_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h_entry_ptr, g_entry_ptr, dout_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    dim, length, chunks, dstate, group_size, groups, channel_blocks,
+    dim, length, chunks, dstate, group_size, groups, channel_blocks, channels,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    CHANNELS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """All gradients of one chunk for ``CHANNELS`` channels of one group.
+    """All gradients of one chunk for ``channels`` channels of one group.
 
     Per channel: the forward states h (from the saved entry state) and the adjoint g (from the adjoint entering
     from the next chunk), then with a_t h_{t-1} = h_t - b_t:
@@ -247,8 +252,8 @@ def _bwd_chunk_kernel(
     C = _matrix_tile(C_ptr, group_offset, t, n, length, dstate)
     dB = tl.zeros([BLOCK_T, BLOCK_N], tl.float32)
     dC = tl.zeros([BLOCK_T, BLOCK_N], tl.float32)
-    first = group * group_size + block * CHANNELS
-    for d in range(first, tl.minimum(first + CHANNELS, (group + 1) * group_size)):
+    first = group * group_size + block * channels
+    for d in range(first, tl.minimum(first + channels, (group + 1) * group_size)):
         row = batch * dim + d
         offset = row.to(tl.int64) * length
         summary = (row.to(tl.int64) * chunks + chunk) * dstate + n
@@ -325,15 +330,17 @@ class SelectiveScanTriton(torch.autograd.Function):
         decay = torch.empty(batch * dim, chunks, dstate, dtype=torch.float32, device=u.device)
         state = torch.empty_like(decay)
         grid = (batch * dim, chunks)
-        _fwd_chunk_summary_kernel[grid](u, delta, A, grouped_B, delta_bias, decay, state, *shapes, **flags)
+        _fwd_chunk_summary_kernel[grid](
+            u, delta, A, grouped_B, delta_bias, decay, state, *shapes, num_warps=FORWARD_WARPS, **flags
+        )
         entry, last_state = _chunk_carry(decay, state, reverse=False)
         out = torch.empty_like(u)
         _fwd_chunk_output_kernel[grid](
             u, delta, A, grouped_B, grouped_C, D, z, delta_bias, entry, out, *shapes,
-            HAS_D=D is not None, HAS_Z=z is not None, **flags,
+            HAS_D=D is not None, HAS_Z=z is not None, num_warps=FORWARD_WARPS, **flags,
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, entry)
-        ctx.delta_softplus = bool(delta_softplus)
+        ctx.delta_softplus, ctx.chunk = bool(delta_softplus), CHUNK
         if not return_last_state:
             return out
         last_state = last_state.view(batch, dim, dstate)
@@ -357,16 +364,18 @@ class SelectiveScanTriton(torch.autograd.Function):
             HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None,
             SOFTPLUS=ctx.delta_softplus,
-            BLOCK_T=CHUNK,
+            BLOCK_T=ctx.chunk,
             BLOCK_N=block_n,
         )
         decay = torch.empty_like(h_entry)
         adjoint = torch.empty_like(h_entry)
         _bwd_chunk_summary_kernel[(batch * dim, chunks)](
-            u, delta, A, grouped_C, D, z, delta_bias, h_entry, grouped_B, dout, decay, adjoint, *shapes, **flags
-        )
+            u, delta, A, grouped_C, D, z, delta_bias, h_entry, grouped_B, dout, decay, adjoint, *shapes,
+            num_warps=FORWARD_WARPS, **flags,
+        )  # fmt: skip
         g_entry, _ = _chunk_carry(decay, adjoint, reverse=True)
-        channel_blocks = triton.cdiv(group_size, CHANNEL_BLOCK)
+        channels = triton.cdiv(group_size, max(1, min(group_size, BACKWARD_PROGRAMS // (chunks * batch * groups))))
+        channel_blocks = triton.cdiv(group_size, channels)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = None if z is None else torch.empty_like(z)
         dA = torch.empty(batch, dim, chunks, dstate, dtype=torch.float32, device=u.device)
@@ -374,8 +383,8 @@ class SelectiveScanTriton(torch.autograd.Function):
         dBC = torch.empty(2, batch, groups, channel_blocks, dstate, length, dtype=torch.float32, device=u.device)
         _bwd_chunk_kernel[(chunks, batch * groups * channel_blocks)](
             u, delta, A, grouped_B, grouped_C, D, z, delta_bias, h_entry, g_entry, dout,
-            du, ddelta, dz, dA, dBC[0], dBC[1], per_chunk[0], per_chunk[1], *shapes, channel_blocks,
-            CHANNELS=CHANNEL_BLOCK, num_warps=8, **flags,
+            du, ddelta, dz, dA, dBC[0], dBC[1], per_chunk[0], per_chunk[1], *shapes, channel_blocks, channels,
+            num_warps=BACKWARD_WARPS, **flags,
         )  # fmt: skip
         dB, dC = dBC.sum(3)
         return (
