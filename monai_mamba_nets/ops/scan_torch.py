@@ -172,7 +172,7 @@ class SelectiveScanTorch(torch.autograd.Function):
             y[..., seg.start : seg.stop] = _sequence_major(_sum_states(states.mul_(seg.matrix(C))), seg.stop - seg.start)
         if ops.D is not None:
             y.addcmul_(ops.u.to(compute_dtype), ops.D)
-        out = y if z is None else y * F.silu(ops.z.to(compute_dtype))
+        out = y if z is None else F.silu(ops.z.to(compute_dtype)).mul_(y)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, torch.stack(entries), y if z is not None else None)
         ctx.delta_softplus = delta_softplus
         ctx.plan = (segment, chunk)
@@ -192,10 +192,12 @@ class SelectiveScanTorch(torch.autograd.Function):
         if z is None:
             dy, dz = dout, None
         else:
+            # in place where possible: each temporary here is as large as u
             zc = ops.z.to(compute_dtype)
             sig = torch.sigmoid(zc)
-            dy = dout * zc * sig
-            dz = (dout * y * sig * (1 + zc * (1 - sig))).reshape(u.shape).to(z.dtype)
+            dz = torch.sub(1, sig).mul_(zc).add_(1).mul_(sig).mul_(y).mul_(dout)  # silu'(z) * y * dout
+            dz = dz.reshape(u.shape).to(z.dtype)
+            dy = sig.mul_(zc).mul_(dout)  # silu(z) * dout
         du = torch.empty(ops.shape4, dtype=compute_dtype, device=u.device)
         ddelta = torch.empty_like(du)
         dA = torch.zeros_like(ops.A)

@@ -1,0 +1,168 @@
+"""Selective-scan benchmark: time and peak memory of each backend and of the naive sequential loop.
+
+    python benchmarks/scan.py                     # CPU: torch backend vs the loop under autograd
+    python benchmarks/scan.py --device cuda       # GPU: every available backend
+
+Prints medians over ``--repeats`` runs, forward and forward+backward, with the extra peak memory of one call
+(CPU: resident-set growth measured in a fresh process per case; GPU: ``torch.cuda.max_memory_allocated``)
+and the effective bandwidth (bytes of u, delta, B, C, z read and y written, divided by the time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import statistics
+import time
+
+import torch
+
+from monai_mamba_nets.ops import available_backends, selective_scan, selective_scan_ref
+
+CPU_SHAPES = [(2, 64, 4096, 16), (1, 64, 4096, 16), (1, 64, 65536, 16), (2, 128, 4096, 16)]
+GPU_SHAPES = [(2, 64, 32768, 16), (2, 128, 4096, 16), (16, 64, 16384, 16), (2, 256, 512, 16), (1, 64, 2097152, 16)]
+# the loop's autograd graph grows super-linearly with L (kernels.md section 5): it runs only where it takes seconds
+LOOP_SHAPES = [(1, 64, 4096, 16)]
+
+
+def _inputs(shape, device, dtype, requires_grad):
+    batch, dim, length, dstate = shape
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "u": torch.randn(batch, dim, length, generator=g),
+        "delta": 0.5 * torch.randn(batch, dim, length, generator=g),
+        "A": -torch.exp(torch.rand(dim, dstate, generator=g) * 3.4),
+        "B": torch.randn(batch, dstate, length, generator=g),
+        "C": torch.randn(batch, dstate, length, generator=g),
+        "D": torch.randn(dim, generator=g),
+        "z": torch.randn(batch, dim, length, generator=g),
+        "delta_bias": torch.randn(dim, generator=g),
+    }
+    fp32 = ("A", "D", "delta_bias")
+    return {
+        k: v.to(device=device, dtype=torch.float32 if k in fp32 else dtype).requires_grad_(requires_grad)
+        for k, v in tensors.items()
+    }
+
+
+def _call(backend, tensors, backward):
+    if backend == "loop":
+        out = selective_scan_ref(**tensors, delta_softplus=True)
+    else:
+        out = selective_scan(**tensors, delta_softplus=True, backend=backend)
+    if backward:
+        out.backward(torch.ones_like(out))
+        for t in tensors.values():
+            t.grad = None
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def run_case(backend: str, shape, device: str, dtype: torch.dtype, backward: bool, repeats: int) -> dict:
+    """One (backend, shape, mode): median seconds and extra peak bytes of one call over the inputs' footprint."""
+    torch.manual_seed(0)
+    tensors = _inputs(shape, device, dtype, requires_grad=backward)
+    context = torch.enable_grad() if backward else torch.no_grad()
+    with context:
+        if device == "cuda":
+            _call(backend, tensors, backward)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            _call(backend, tensors, backward)
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            base = _rss_bytes()
+            _call(backend, tensors, backward)
+            # ru_maxrss is the process's high-water mark in KiB: this process is fresh, so it is this call's peak
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        times = []
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            _call(backend, tensors, backward)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "peak_bytes": max(0, peak)}
+
+
+def _run_isolated(args) -> dict:
+    """CPU cases run in a fresh process so that the resident-set high-water mark belongs to them alone."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_case, args)
+
+
+def traffic_bytes(shape, dtype) -> int:
+    """Minimum forward traffic: read u, delta, z, B, C and write y (kernels.md section 6.1, with z)."""
+    batch, dim, length, dstate = shape
+    size = torch.finfo(dtype).bits // 8
+    return size * (4 * batch * dim * length + 2 * batch * dstate * length)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--backends", nargs="*", help="default: every available backend, and the loop on CPU")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    shapes = GPU_SHAPES if args.device == "cuda" else CPU_SHAPES
+    backends = args.backends or (
+        [b for b in available_backends() if args.device == "cuda" or b == "torch"] + (["loop"] if args.device == "cpu" else [])
+    )
+    print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, dtype {args.dtype}, medians of {args.repeats}")
+    # GPU calls take fractions of a millisecond: print milliseconds there
+    unit, scale = ("ms", 1e3) if args.device == "cuda" else ("s", 1.0)
+    print(f"{'backend':8} {'(B, D, L, N)':22} {'fwd ' + unit:>10} {'fwd GB/s':>9} {'fwd+bwd ' + unit:>10} {'peak MB fwd':>12} {'peak MB f+b':>12}")
+    results = {}
+    for shape in shapes:
+        for backend in backends:
+            if backend == "loop" and shape not in LOOP_SHAPES:
+                print(f"{backend:8} {str(shape):22} {'not run: the loop takes minutes at this size':>60}", flush=True)
+                continue
+            row = {}
+            for backward in (False, True):
+                repeats = 1 if backend == "loop" else args.repeats
+                case = (backend, shape, args.device, dtype, backward, repeats)
+                row[backward] = run_case(*case) if args.device == "cuda" else _run_isolated(case)
+            results[backend, shape] = row
+            fwd, both = row[False], row[True]
+            bandwidth = traffic_bytes(shape, dtype) / fwd["seconds"] / 1e9
+            print(
+                f"{backend:8} {str(shape):22} {fwd['seconds'] * scale:10.4f} {bandwidth:9.1f} {both['seconds'] * scale:10.4f} "
+                f"{fwd['peak_bytes'] / 2**20:12.1f} {both['peak_bytes'] / 2**20:12.1f}",
+                flush=True,
+            )
+    if args.device == "cpu":
+        _report_cpu_targets(results)
+
+
+def _report_cpu_targets(results) -> None:
+    """The foundation issue's CPU targets, checked against this run."""
+    small, large = (1, 64, 4096, 16), (1, 64, 65536, 16)
+    if ("torch", small) in results:
+        t = results["torch", small][True]["seconds"]
+        print(f"target: torch fwd+bwd at {small} = {t:.3f} s (<= 0.15 s): {'met' if t <= 0.15 else 'MISSED'}")
+        if ("loop", small) in results:
+            ratio = results["loop", small][True]["seconds"] / t
+            print(f"target: loop / torch fwd+bwd at {small} = {ratio:.0f}x (>= 50x): {'met' if ratio >= 50 else 'MISSED'}")
+    if ("torch", large) in results:
+        peak = results["torch", large][True]["peak_bytes"]
+        limit = 4 * large[0] * large[1] * large[2] * large[3]
+        print(
+            f"target: torch fwd+bwd extra peak at {large} = {peak / 2**20:.0f} MB (<= one (B,D,L,N) fp32 tensor, "
+            f"{limit / 2**20:.0f} MB): {'met' if peak <= limit else 'MISSED'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
