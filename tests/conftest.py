@@ -26,3 +26,11 @@ def _scan_backend_env(monkeypatch):
 @pytest.fixture
 def shared_data() -> Path:
     return SHARED_DATA
+
+
+@pytest.fixture
+def exact_float32(monkeypatch):
+    """TF32 off in cuDNN and cuBLAS: comparisons of scan backends must not see TF32 rounding of convolutions,
+    which turns a 1e-7 difference upstream into a 2^-11 step downstream."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

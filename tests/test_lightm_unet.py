@@ -227,7 +227,7 @@ def test_bad_arguments_are_rejected(kwargs, match):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("shape", [(2, 3, 64, 72), (1, 1, 32, 40, 24)])
-def test_fast_backends_agree_with_torch_on_gpu(backend, shape):
+def test_fast_backends_agree_with_torch_on_gpu(backend, shape, exact_float32):
     """The full-size network with identical weights on the torch backend and on a GPU kernel, forward and grads."""
     if backend not in available_backends():
         pytest.skip(f"scan backend {backend!r} is not available here")
