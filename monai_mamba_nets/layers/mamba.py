@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..ops.scan_cuda import cuda_extension
 from ..ops.selective_scan import selective_scan
 
-__all__ = ["Mamba", "BidirectionalMamba", "causal_conv1d_silu"]
+__all__ = ["Mamba", "BidirectionalMamba", "causal_conv1d_silu", "init_dt_projection"]
 
 
 def _causal_conv1d_kernel():
@@ -34,6 +34,34 @@ def causal_conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     if kernel is not None:
         return kernel(x, conv.weight.squeeze(1), conv.bias, activation="silu")
     return F.silu(conv(x)[..., : x.shape[-1]])
+
+
+def init_dt_projection(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    dt_min: float = 0.001,
+    dt_max: float = 0.1,
+    dt_init: str = "random",
+    dt_scale: float = 1.0,
+    dt_init_floor: float = 1e-4,
+) -> None:
+    """Mamba's time-step projection init, in place: weight (..., Di, r) and bias (..., Di).
+
+    The weight is uniform in +-r^-0.5 * dt_scale (or that constant); the bias is softplus^-1 of time steps drawn
+    log-uniformly in [dt_min, dt_max] and floored at ``dt_init_floor``.
+    """
+    if dt_init not in ("random", "constant"):
+        raise ValueError(f"init_dt_projection: `dt_init` must be 'random' or 'constant', got {dt_init!r}.")
+    std = weight.shape[-1] ** -0.5 * dt_scale
+    with torch.no_grad():
+        if dt_init == "constant":
+            weight.fill_(std)
+        else:
+            weight.uniform_(-std, std)
+        dt = torch.exp(torch.rand_like(bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        # bias = softplus^-1(dt), so that softplus(bias) starts at dt
+        bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
 
 class Mamba(nn.Module):
@@ -74,8 +102,6 @@ class Mamba(nn.Module):
         scan_backend: str = "auto",
     ) -> None:
         super().__init__()
-        if dt_init not in ("random", "constant"):
-            raise ValueError(f"Mamba: `dt_init` must be 'random' or 'constant', got {dt_init!r}.")
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
@@ -91,19 +117,7 @@ class Mamba(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias) if project_output else nn.Identity()
-        self._init_dt_proj(dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
-
-    def _init_dt_proj(self, dt_min: float, dt_max: float, dt_init: str, dt_scale: float, dt_init_floor: float) -> None:
-        std = self.dt_rank**-0.5 * dt_scale
-        with torch.no_grad():
-            if dt_init == "constant":
-                self.dt_proj.weight.fill_(std)
-            else:
-                self.dt_proj.weight.uniform_(-std, std)
-            dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=dt_init_floor)
-            # bias = softplus^-1(dt), so that softplus(bias) starts at dt
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        init_dt_projection(self.dt_proj.weight, self.dt_proj.bias, dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
         self.dt_proj.bias._no_reinit = True
 
     def inner(self, hidden_states: torch.Tensor) -> torch.Tensor:

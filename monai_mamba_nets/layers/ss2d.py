@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from monai.networks.layers import DropPath
 
 from ..ops.selective_scan import selective_scan
+from .mamba import init_dt_projection
 
-__all__ = ["cross_scan", "cross_merge", "init_dt_projection", "SS2D", "VSSBlock", "NUM_DIRECTIONS"]
+__all__ = ["cross_scan", "cross_merge", "SS2D", "VSSBlock", "NUM_DIRECTIONS"]
 
 NUM_DIRECTIONS = 4
 
@@ -53,34 +54,6 @@ def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     rows_and_columns = y[:, :2] + y[:, 2:].flip(-1)
     columns = rows_and_columns[:, 1].unflatten(-1, (width, height)).transpose(-1, -2).flatten(-2)
     return rows_and_columns[:, 0] + columns
-
-
-def init_dt_projection(
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    dt_min: float = 0.001,
-    dt_max: float = 0.1,
-    dt_init: str = "random",
-    dt_scale: float = 1.0,
-    dt_init_floor: float = 1e-4,
-) -> None:
-    """Mamba's time-step projection init, in place: weight (..., Di, r) and bias (..., Di).
-
-    The weight is uniform in +-r^-0.5 * dt_scale (or that constant); the bias is softplus^-1 of time steps drawn
-    log-uniformly in [dt_min, dt_max] and floored at ``dt_init_floor``.
-    """
-    if dt_init not in ("random", "constant"):
-        raise ValueError(f"init_dt_projection: `dt_init` must be 'random' or 'constant', got {dt_init!r}.")
-    std = weight.shape[-1] ** -0.5 * dt_scale
-    with torch.no_grad():
-        if dt_init == "constant":
-            weight.fill_(std)
-        else:
-            weight.uniform_(-std, std)
-        dt = torch.exp(torch.rand_like(bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        # bias = softplus^-1(dt), so that softplus(bias) starts at dt
-        bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
 
 class SS2D(nn.Module):

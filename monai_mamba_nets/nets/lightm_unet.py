@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.blocks.segresnet_block import ResBlock, get_conv_layer, get_upsample_layer
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
@@ -16,6 +14,7 @@ from monai.utils import UpsampleMode
 
 from ..layers.mamba import Mamba
 from ..layers.rvm import ResMambaBlock, get_rvm_layer
+from .padding import crop_spatial, pad_to_multiple
 
 __all__ = ["LightMUNet", "ResUpBlock", "get_dwconv_layer"]
 
@@ -263,11 +262,5 @@ class LightMUNet(nn.Module):
         """
         self._check_input(x)
         spatial = x.shape[2:]
-        padded = [math.ceil(s / self.size_divisor) * self.size_divisor for s in spatial]
-        # F.pad lists the last axis first
-        pad = [p for s, ps in zip(reversed(spatial), reversed(padded)) for p in (0, ps - s)]
-        if any(pad):
-            x = F.pad(x, pad)
-        x, down_x = self.encode(x)
-        logits = self.decode(x, down_x)
-        return logits[(..., *(slice(0, s) for s in spatial))]
+        x, down_x = self.encode(pad_to_multiple(x, [self.size_divisor] * self.spatial_dims))
+        return crop_spatial(self.decode(x, down_x), spatial)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv
 
@@ -22,6 +21,7 @@ from ..layers.residual_blocks import (
     ResidualUpBlock,
     StackedResidualBlocks,
 )
+from .padding import crop_spatial, pad_to_multiple
 
 __all__ = ["LKMUNet", "LKMUNetPlan", "LKM_UNET_REFERENCE_PLANS", "reference_window_factors"]
 
@@ -95,11 +95,6 @@ def _per_stage(name: str, value: Sequence | int, n: int, spatial_dims: int | Non
     if any(not isinstance(v, int) or v < 1 for v in entries):
         raise ValueError(f"LKMUNet: `{name}` must be positive ints, got {value!r}.")
     return entries
-
-
-def _crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """The first size[i] elements of every spatial axis of x."""
-    return x[(..., *(slice(0, n) for n in size))]
 
 
 class LKMUNet(nn.Module):
@@ -322,10 +317,8 @@ class LKMUNet(nn.Module):
                 f"got {tuple(x.shape)}."
             )
         size = tuple(x.shape[2:])
-        total_stride = self.stage_strides[-1]
-        padded = tuple(-(-n // t) * t for n, t in zip(size, total_stride))
-        if padded != size:
-            x = F.pad(x, [p for n, m in zip(reversed(size), reversed(padded)) for p in (0, m - n)])
+        x = pad_to_multiple(x, self.stage_strides[-1])
+        padded = tuple(x.shape[2:])
 
         skips = []
         h = self.stem(x)
@@ -338,12 +331,12 @@ class LKMUNet(nn.Module):
         decoded = [skips[-1]]
         for up_block, skip in zip(self.up_blocks, reversed(skips[:-1])):
             decoded.append(up_block(decoded[-1], skip))
-        logits = _crop(self.head(decoded[-1]), size)
+        logits = crop_spatial(self.head(decoded[-1]), size)
         if not (self.training and self.deep_supervision):
             return logits
         # decoded[-1 - s] has the resolution of stage s; crop each map to the part that covers the input
         coarse = [
-            _crop(aux_head(decoded[-1 - s]), [-(-n // t) for n, t in zip(size, self.stage_strides[s])])
+            crop_spatial(aux_head(decoded[-1 - s]), [-(-n // t) for n, t in zip(size, self.stage_strides[s])])
             for s, aux_head in enumerate(self.aux_heads, start=1)
         ]
         return [logits, *coarse]

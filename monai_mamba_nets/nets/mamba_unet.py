@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..layers.patch import PatchEmbed2D, PatchExpand2D, PatchMerging2D
 from ..layers.ss2d import VSSBlock
+from .padding import crop_spatial, pad_to_multiple
 
 __all__ = ["MambaUNet", "VSSLayer", "PretrainedLoadReport"]
 
@@ -180,7 +180,7 @@ class MambaUNet(nn.Module):
         height, width = x.shape[2:]
         if self.repeat_grayscale:
             x = x.expand(-1, RGB_CHANNELS, -1, -1)
-        x = F.pad(x, (0, -width % self.size_divisor, 0, -height % self.size_divisor))
+        x = pad_to_multiple(x, (self.size_divisor, self.size_divisor))
 
         x = self.patch_embed(x)
         skips = []
@@ -193,7 +193,7 @@ class MambaUNet(nn.Module):
                 x = concat_back(torch.cat([x, skips[self.num_layers - 1 - i]], dim=-1))
             x = layer_up(x)
         x = self.up(self.norm_up(x)).permute(0, 3, 1, 2)
-        return self.output(x)[..., :height, :width]
+        return crop_spatial(self.output(x), (height, width))
 
     def load_pretrained_encoder(self, path: str | Path, weights_only: bool = True) -> PretrainedLoadReport:
         """Initialise from an ImageNet VMamba checkpoint the way the reference's ``load_from`` does.
