@@ -322,7 +322,7 @@ class SelectiveScanTriton(torch.autograd.Function):
         grouped_B, grouped_C = _as_groups(B), _as_groups(C)
         groups = grouped_B.shape[1]
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
-        z = None if z is None else z.contiguous()
+        D, z, delta_bias = (None if x is None else x.contiguous() for x in (D, z, delta_bias))
         chunks = triton.cdiv(length, CHUNK)
         block_n = triton.next_power_of_2(dstate)
         shapes = (dim, length, chunks, dstate, dim // groups, groups)
