@@ -61,10 +61,17 @@ def _compare_with_float64_torch(ops, dtype=torch.float32, delta_softplus=True):
 @pytest.mark.parametrize("regime", ["trained", "init"])
 @pytest.mark.parametrize(
     "batch, dim, length, dstate, groups",
-    [(2, 64, 4096, 16, None), (2, 16, 1000, 16, 4), (1, 8, 1, 16, None), (2, 8, 300, 5, 2), (1, 4, 129, 1, 1)],
+    [
+        (2, 64, 4096, 16, None),
+        (2, 16, 1000, 16, 4),
+        (1, 8, 1, 16, None),
+        (2, 8, 300, 5, 2),
+        (1, 4, 129, 1, 1),
+        (1, 8, 700, 64, None),
+    ],
 )
 def test_matches_float64_torch_backend(regime, batch, dim, length, dstate, groups):
-    """Chunk-aligned and ragged L, L = 1, grouped B/C, N not a power of two and N = 1."""
+    """Chunk-aligned and ragged L, L = 1, grouped B/C, N not a power of two, N = 1 and N = 64 (shorter chunks)."""
     _compare_with_float64_torch(scan_operands(batch, dim, length, dstate, groups=groups, regime=regime, device="cuda"))
 
 

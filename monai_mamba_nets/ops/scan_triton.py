@@ -25,7 +25,8 @@ import triton.language as tl
 
 __all__ = ["selective_scan_triton", "CHUNK"]
 
-# Steps per chunk: one program scans one (CHUNK, N) tile. Tuned on an H100 with the warps below.
+# Steps per chunk for N <= 16: one program scans one (chunk, N) tile. Tuned on an H100 with the warps below;
+# larger N gets proportionally shorter chunks, so that a tile keeps the size it was tuned at.
 CHUNK = 256
 FORWARD_WARPS = 4
 BACKWARD_WARPS = 8
@@ -309,6 +310,10 @@ def _chunk_carry(decay: torch.Tensor, state: torch.Tensor, reverse: bool) -> tup
     return entry, final
 
 
+def _chunk_length(block_n: int) -> int:
+    return max(16, CHUNK * 16 // max(16, block_n))
+
+
 def _as_groups(x: torch.Tensor) -> torch.Tensor:
     """B or C as a contiguous (batch, groups, N, L) tensor."""
     return (x.unsqueeze(1) if x.dim() == 3 else x).contiguous()
@@ -323,10 +328,11 @@ class SelectiveScanTriton(torch.autograd.Function):
         groups = grouped_B.shape[1]
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
         D, z, delta_bias = (None if x is None else x.contiguous() for x in (D, z, delta_bias))
-        chunks = triton.cdiv(length, CHUNK)
         block_n = triton.next_power_of_2(dstate)
+        chunk = _chunk_length(block_n)
+        chunks = triton.cdiv(length, chunk)
         shapes = (dim, length, chunks, dstate, dim // groups, groups)
-        flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), BLOCK_T=CHUNK, BLOCK_N=block_n)
+        flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), BLOCK_T=chunk, BLOCK_N=block_n)
         decay = torch.empty(batch * dim, chunks, dstate, dtype=torch.float32, device=u.device)
         state = torch.empty_like(decay)
         grid = (batch * dim, chunks)
@@ -340,7 +346,7 @@ class SelectiveScanTriton(torch.autograd.Function):
             HAS_D=D is not None, HAS_Z=z is not None, num_warps=FORWARD_WARPS, **flags,
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, entry)
-        ctx.delta_softplus, ctx.chunk = bool(delta_softplus), CHUNK
+        ctx.delta_softplus, ctx.chunk = bool(delta_softplus), chunk
         if not return_last_state:
             return out
         last_state = last_state.view(batch, dim, dstate)
