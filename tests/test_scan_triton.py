@@ -49,7 +49,11 @@ def _compare_with_float64_torch(ops, dtype=torch.float32, delta_softplus=True):
     (ref, ref_last), ref_grads = _run(
         "torch", ops, grad_out, dtype=torch.float64, delta_softplus=delta_softplus, return_last_state=True
     )
-    assert out.dtype == u.dtype and last.dtype == torch.float32 and last.shape == (u.shape[0], u.shape[1], ops["A"].shape[1])
+    assert (
+        out.dtype == u.dtype
+        and last.dtype == torch.float32
+        and last.shape == (u.shape[0], u.shape[1], ops["A"].shape[1])
+    )
     _assert_close("out", out, ref, dtype)
     _assert_close("last_state", last, ref_last, dtype)
     for name, grad in grads.items():
@@ -76,7 +80,9 @@ def test_matches_float64_torch_backend(regime, batch, dim, length, dstate, group
 
 
 @gpu
-@pytest.mark.parametrize("with_z, with_D, with_bias, softplus", [(False, False, False, True), (True, False, True, False)])
+@pytest.mark.parametrize(
+    "with_z, with_D, with_bias, softplus", [(False, False, False, True), (True, False, True, False)]
+)
 def test_optional_operands(with_z, with_D, with_bias, softplus):
     ops = scan_operands(2, 8, 517, 16, groups=2, device="cuda", seed=3)
     if not softplus:  # without softplus a negative dt would make the recurrence grow
@@ -88,7 +94,9 @@ def test_optional_operands(with_z, with_D, with_bias, softplus):
 
 @gpu
 def test_bfloat16_inputs():
-    _compare_with_float64_torch(scan_operands(2, 32, 2000, 16, groups=2, dtype=torch.bfloat16, device="cuda"), torch.bfloat16)
+    _compare_with_float64_torch(
+        scan_operands(2, 32, 2000, 16, groups=2, dtype=torch.bfloat16, device="cuda"), torch.bfloat16
+    )
 
 
 @gpu
@@ -119,7 +127,8 @@ def test_matches_mamba_ssm(groups, dtype):
     _assert_close("out", out, ref, dtype)
     _assert_close("last_state", last, ref_last, dtype)
     for name, grad in grads.items():
-        print(f"FIGURE triton vs mamba-ssm {dtype} G={groups}: d{name} rel err {relative_error(grad, ref_grads[name]):.2e}")
+        error = relative_error(grad, ref_grads[name])
+        print(f"FIGURE triton vs mamba-ssm {dtype} G={groups}: d{name} rel err {error:.2e}")
         _assert_close(name, grad, ref_grads[name], dtype)
 
 
@@ -161,8 +170,7 @@ def test_forcing_triton_on_cpu_says_why():
 
 
 # Runs in a fresh interpreter: TRITON_INTERPRET must be set before the kernels are defined.
-_INTERPRETER_CHECK = textwrap.dedent(
-    """
+_INTERPRETER_CHECK = textwrap.dedent("""
     import numpy as np
     import torch
     import triton.runtime.interpreter as interpreter
@@ -205,14 +213,15 @@ _INTERPRETER_CHECK = textwrap.dedent(
         errors.update({"d" + k: relative_error(grads[k], ref_grads[k]) for k in ops})
         assert max(errors.values()) <= bound, (case, errors)
     print("interpreter check passed")
-    """
-)
+    """)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
 def test_kernels_under_triton_interpreter():
     tests_dir = Path(__file__).resolve().parent
-    path = [str(tests_dir), str(tests_dir.parent)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    path = [str(tests_dir), str(tests_dir.parent)] + (
+        [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    )
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(path))
     result = subprocess.run(
         [sys.executable, "-c", _INTERPRETER_CHECK], env=env, capture_output=True, text=True, timeout=600

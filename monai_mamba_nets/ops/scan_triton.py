@@ -407,7 +407,9 @@ class SelectiveScanTriton(torch.autograd.Function):
         )
 
 
-def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+def selective_scan_triton(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
     """The ``triton`` backend of :func:`monai_mamba_nets.selective_scan`; arguments are assumed validated and
     applicable (CUDA tensors, B and C time-varying)."""
     return SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
