@@ -154,7 +154,7 @@ def available_backends() -> list[str]:
 
 def resolve_backend(backend: str, u, A, B, C, D=None, z=None, delta_bias=None) -> str:
     """The concrete backend a call runs on. ``auto`` defers to $MONAI_MAMBA_SCAN_BACKEND when it is set, and
-    otherwise takes the first of triton, cuda, torch that can run the tensors."""
+    otherwise takes the first of cuda, triton, torch that can run the tensors."""
     if backend == "auto":
         backend = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
         if backend not in BACKENDS:
@@ -162,9 +162,10 @@ def resolve_backend(backend: str, u, A, B, C, D=None, z=None, delta_bias=None) -
     elif backend not in BACKENDS:
         raise ValueError(f"selective_scan: `backend` must be one of {BACKENDS}, got {backend!r}.")
     if backend == "auto":
-        if _triton_applicability(u, A, B, C, D, z, delta_bias) is None:
-            return "triton"
-        return "cuda" if _cuda_applicability(u, A, B, C, D, z, delta_bias) is None else "torch"
+        # mamba-ssm's kernel first: its forward+backward is faster than ours on most UNet shapes (docs/performance.md)
+        if _cuda_applicability(u, A, B, C, D, z, delta_bias) is None:
+            return "cuda"
+        return "triton" if _triton_applicability(u, A, B, C, D, z, delta_bias) is None else "torch"
     if backend == "cuda":
         reason = _cuda_applicability(u, A, B, C, D, z, delta_bias)
         if reason is not None:
@@ -203,8 +204,8 @@ def selective_scan(
         delta_bias: (dim,), added to ``delta`` before softplus.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state (batch, dim, N) in the compute dtype (no gradient).
-        backend: ``"auto"`` (default: the Triton kernels on CUDA where Triton imports and the inputs suit them,
-            else mamba-ssm's kernel where it is importable and applicable, else torch;
+        backend: ``"auto"`` (default: mamba-ssm's kernel where it is importable and applicable, else the Triton
+            kernels on CUDA where Triton imports and the inputs suit them, else torch;
             $MONAI_MAMBA_SCAN_BACKEND overrides the choice), ``"torch"``, ``"cuda"`` or ``"triton"``.
 
     Returns:
