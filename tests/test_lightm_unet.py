@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pytest
 import torch
 import torch.nn as nn
@@ -240,9 +241,16 @@ def test_fast_backends_agree_with_torch_on_gpu(backend, shape, exact_float32):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     expected.square().mean().backward()
     actual.square().mean().backward()
-    for (name, p_ref), p in zip(reference.named_parameters(), candidate.parameters()):
-        scale = p_ref.grad.abs().max().item()
-        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-3, atol=1e-3 * scale, msg=name)
+    # fp32 gradients of this network are ill-conditioned sums (GroupNorm backward cancels): even the torch backend
+    # is up to a few % off float64 on some tensors. A fast backend must be about as close to float64 as that.
+    exact = copy.deepcopy(reference).double()
+    exact.zero_grad()
+    exact(x.double()).square().mean().backward()
+    for (name, p_exact), p_torch, p in zip(exact.named_parameters(), reference.parameters(), candidate.parameters()):
+        floor = 1e-5 * p_exact.grad.abs().max().item()
+        torch_error = (p_torch.grad.double() - p_exact.grad).abs().max().item()
+        backend_error = (p.grad.double() - p_exact.grad).abs().max().item()
+        assert backend_error <= 4 * torch_error + floor, (name, backend_error, torch_error)
 
 
 @pytest.mark.gpu
