@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import fire
 
+from .bundle_demo import run_demo
 from .complexity import build_network, count_complexity
+from .data import prepare_montgomery_shenzhen
 from .ops import available_backends
 
 
@@ -31,8 +36,31 @@ def complexity(network: str, shape: int | tuple[int, ...], **network_kwargs) -> 
     return str(report)
 
 
-COMMANDS = {"backends": backends, "complexity": complexity}
+def demo(bundle: str = "montgomery_shenzhen_lightm", bundles_dir: str = "bundles", work_dir: str | None = None) -> str:
+    """Train, evaluate and infer a bundle on its synthetic demo data (minutes on a CPU) and report the metrics.
+
+    Run from the repository root (``bundles_dir`` defaults to ``bundles``); see ``monai_mamba_nets.bundle_demo``.
+    """
+    result = run_demo(bundle, bundles_dir, work_dir)
+    metrics = ", ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
+    return (
+        f"{bundle} demo finished in {result['seconds']:.0f} s (synthetic demo data, not a medical result).\n"
+        f"Test-split metrics: {metrics}\n"
+        f"{len(result['predictions'])} predicted masks and the model are in {result['work_dir']}"
+    )
+
+
+COMMANDS = {
+    "backends": backends,
+    "complexity": complexity,
+    "demo": demo,
+    "prepare": {"montgomery_shenzhen": prepare_montgomery_shenzhen},
+}
 
 
 def main() -> None:
-    fire.Fire(COMMANDS)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        fire.Fire(COMMANDS)
+    except ValueError as error:  # bad input: the message says what to fix, a traceback would only bury it
+        sys.exit(f"error: {error}")
