@@ -40,6 +40,8 @@ trained on them is useless on real X-rays. To use the real Montgomery/Shenzhen d
     python -m monai_mamba_nets prepare montgomery_shenzhen --output_dir <prepared> \\
         --montgomery_dir <MontgomerySet> --shenzhen_dir <Shenzhen folder>
 and add  --dataset_dir <prepared>  to the monai.bundle command (for inference: --dataset_dir <png folder>).
+The bundle's default recipe (512x512, 100 epochs x 250 iterations) needs a GPU. For a quick CPU run,
+append configs/demo.json to --config_file, or run  python -m monai_mamba_nets demo  from the repository.
 ==================================================================================================
 """
 
