@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test
+.PHONY: install test demo
 
 # CPU install: pins the CPU build of torch first, so that pip never pulls a multi-GB CUDA build.
 install:
@@ -9,3 +9,7 @@ install:
 
 test:
 	$(PYTHON) -m pytest -q -ra tests
+
+# The main job: install, then train, evaluate and run the chest X-ray lung bundle on its demo data.
+demo: install
+	$(PYTHON) -m monai_mamba_nets demo

@@ -14,7 +14,7 @@ from monai.utils import UpsampleMode
 
 from ..layers.mamba import Mamba
 from ..layers.rvm import ResMambaBlock, get_rvm_layer
-from .padding import crop_spatial, pad_to_multiple
+from .inputs import crop_spatial, pad_to_multiple, plain_tensor
 
 __all__ = ["LightMUNet", "ResUpBlock", "get_dwconv_layer"]
 
@@ -260,6 +260,7 @@ class LightMUNet(nn.Module):
         Returns:
             logits (batch, out_channels, *spatial), the input's spatial size.
         """
+        x = plain_tensor(x)
         self._check_input(x)
         spatial = x.shape[2:]
         x, down_x = self.encode(pad_to_multiple(x, [self.size_divisor] * self.spatial_dims))

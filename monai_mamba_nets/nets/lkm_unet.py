@@ -21,7 +21,7 @@ from ..layers.residual_blocks import (
     ResidualUpBlock,
     StackedResidualBlocks,
 )
-from .padding import crop_spatial, pad_to_multiple
+from .inputs import crop_spatial, pad_to_multiple, plain_tensor
 
 __all__ = ["LKMUNet", "LKMUNetPlan", "LKM_UNET_REFERENCE_PLANS", "reference_window_factors"]
 
@@ -316,6 +316,7 @@ class LKMUNet(nn.Module):
                 f"LKMUNet: input must be (batch, {self.in_channels}, {self.spatial_dims} spatial axes), "
                 f"got {tuple(x.shape)}."
             )
+        x = plain_tensor(x)
         size = tuple(x.shape[2:])
         x = pad_to_multiple(x, self.stage_strides[-1])
         padded = tuple(x.shape[2:])

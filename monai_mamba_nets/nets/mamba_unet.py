@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..layers.patch import PatchEmbed2D, PatchExpand2D, PatchMerging2D
 from ..layers.ss2d import VSSBlock
-from .padding import crop_spatial, pad_to_multiple
+from .inputs import crop_spatial, pad_to_multiple, plain_tensor
 
 __all__ = ["MambaUNet", "VSSLayer", "PretrainedLoadReport"]
 
@@ -177,6 +177,7 @@ class MambaUNet(nn.Module):
             raise ValueError(
                 f"MambaUNet: input must be (batch, in_channels={self.in_channels}, H, W), got shape {tuple(x.shape)}."
             )
+        x = plain_tensor(x)
         height, width = x.shape[2:]
         if self.repeat_grayscale:
             x = x.expand(-1, RGB_CHANNELS, -1, -1)

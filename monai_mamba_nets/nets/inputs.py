@@ -1,4 +1,4 @@
-"""Any input size for networks that need multiples of their total stride: pad at the far end, crop back."""
+"""Input handling the networks share: plain tensors inside, any spatial size (pad at the far end, crop back)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 
-__all__ = ["pad_to_multiple", "crop_spatial"]
+__all__ = ["plain_tensor", "pad_to_multiple", "crop_spatial"]
+
+
+def plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """``x`` without MONAI metadata: a MetaTensor dispatches every op through Python, which made the many small
+    ops of a Mamba layer about 5x slower on CPU. MONAI's inferers and ``Invertd`` restore the metadata."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 def pad_to_multiple(x: torch.Tensor, multiples: Sequence[int]) -> torch.Tensor:
