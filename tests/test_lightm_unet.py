@@ -238,19 +238,22 @@ def test_fast_backends_agree_with_torch_on_gpu(backend, shape, exact_float32):
     candidate.load_state_dict(reference.state_dict())
     x = torch.randn(shape, device="cuda")
     expected, actual = reference(x), candidate(x)
+    difference = ((actual - expected).abs().max() / expected.abs().max()).item()
+    print(f"FIGURE LightMUNet {tuple(shape)} {backend} vs torch: max|diff| / max|y| = {difference:.2e}")
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     expected.square().mean().backward()
     actual.square().mean().backward()
-    # fp32 gradients of this network are ill-conditioned sums (GroupNorm backward cancels): even the torch backend
-    # is up to a few % off float64 on some tensors. A fast backend must be about as close to float64 as that.
+    # Against float64: within 1e-3 of the gradient's scale, or, where fp32 itself cannot get there (GroupNorm
+    # backward cancels: even the torch backend is a few % off float64 on some tensors), no further than 4x the
+    # torch backend's own fp32 error.
     exact = copy.deepcopy(reference).double()
     exact.zero_grad()
     exact(x.double()).square().mean().backward()
     for (name, p_exact), p_torch, p in zip(exact.named_parameters(), reference.parameters(), candidate.parameters()):
-        floor = 1e-5 * p_exact.grad.abs().max().item()
+        scale = p_exact.grad.abs().max().item()
         torch_error = (p_torch.grad.double() - p_exact.grad).abs().max().item()
         backend_error = (p.grad.double() - p_exact.grad).abs().max().item()
-        assert backend_error <= 4 * torch_error + floor, (name, backend_error, torch_error)
+        assert backend_error <= max(1e-3 * scale, 4 * torch_error), (name, backend_error, torch_error, scale)
 
 
 @pytest.mark.gpu
