@@ -72,6 +72,46 @@ def _matrix_tile(ptr, offset, t, n, length, dstate):
 
 
 @triton.jit
+def _chunk_program(dim, length, dstate, group_size, groups, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Where the program (row = batch * dim + channel, chunk) works: channel, tile rows, steps t, states n, the
+    offset of its sequences and of its group's B/C."""
+    row, chunk = tl.program_id(0), tl.program_id(1)
+    batch, d = row // dim, row % dim
+    rows = tl.arange(0, BLOCK_T)
+    t = chunk * BLOCK_T + rows
+    n = tl.arange(0, BLOCK_N)
+    offset = row.to(tl.int64) * length
+    group_offset = (batch * groups + d // group_size).to(tl.int64) * dstate * length
+    return row, chunk, d, rows, t, n, offset, group_offset
+
+
+@triton.jit
+def _chunk_scan(
+    u_ptr, delta_ptr, bias_ptr, A, B, offset, t, d, length, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr
+):  # fmt: skip
+    """Discretise a chunk in registers and scan it from a zero state.
+
+    Returns (u, delta + bias, dt, b = dt B u, decay products since the chunk start, states), the last three as
+    (BLOCK_T, BLOCK_N) tiles; A is the channel's (BLOCK_N,) row and B its (BLOCK_T, BLOCK_N) tile.
+    """
+    u = tl.load(u_ptr + offset + t, mask=t < length, other=0.0).to(tl.float32)
+    x, dt = _time_step(delta_ptr, bias_ptr, offset, t, d, length, HAS_BIAS, SOFTPLUS)
+    b = (dt * u)[:, None] * B
+    decay, state = tl.associative_scan((tl.exp(dt[:, None] * A[None, :]), b), 0, _combine)
+    return u, x, dt, b, decay, state
+
+
+@triton.jit
+def _chunk_output(state, decay, entry, C, u, D_ptr, d, HAS_D: tl.constexpr):
+    """(states h from the chunk's entry state, pre-gate output y = C h + D u)."""
+    h = state + decay * entry[None, :]
+    y = tl.sum(h * C, axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + d).to(tl.float32) * u
+    return h, y
+
+
+@triton.jit
 def _gate(dout, z, y):
     """(gradient into the pre-gate output, gradient into z) of out = y * silu(z)."""
     sig = tl.sigmoid(z)
@@ -85,19 +125,12 @@ def _fwd_chunk_summary_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Decay product and end state (from a zero state) of one chunk of one (batch, channel)."""
-    row, chunk = tl.program_id(0), tl.program_id(1)
-    batch, d = row // dim, row % dim
-    rows = tl.arange(0, BLOCK_T)
-    t = chunk * BLOCK_T + rows
-    n = tl.arange(0, BLOCK_N)
-    offset = row.to(tl.int64) * length
-    group_offset = (batch * groups + d // group_size).to(tl.int64) * dstate * length
-    u = tl.load(u_ptr + offset + t, mask=t < length, other=0.0).to(tl.float32)
-    _, dt = _time_step(delta_ptr, bias_ptr, offset, t, d, length, HAS_BIAS, SOFTPLUS)
+    row, chunk, d, rows, t, n, offset, group_offset = _chunk_program(
+        dim, length, dstate, group_size, groups, BLOCK_T, BLOCK_N
+    )
     A = tl.load(A_ptr + d * dstate + n, mask=n < dstate, other=0.0)
-    a = tl.exp(dt[:, None] * A[None, :])
-    b = (dt * u)[:, None] * _matrix_tile(B_ptr, group_offset, t, n, length, dstate)
-    decay, state = tl.associative_scan((a, b), 0, _combine)
+    B = _matrix_tile(B_ptr, group_offset, t, n, length, dstate)
+    _, _, _, _, decay, state = _chunk_scan(u_ptr, delta_ptr, bias_ptr, A, B, offset, t, d, length, HAS_BIAS, SOFTPLUS)
     out = (row.to(tl.int64) * chunks + chunk) * dstate + n
     tl.store(decay_ptr + out, _row(decay, BLOCK_T - 1, rows, BLOCK_T), mask=n < dstate)
     tl.store(state_ptr + out, _row(state, BLOCK_T - 1, rows, BLOCK_T), mask=n < dstate)
@@ -143,24 +176,15 @@ def _fwd_chunk_output_kernel(
     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Rescan one chunk from its entry state and write (C h + D u) * silu(z)."""
-    row, chunk = tl.program_id(0), tl.program_id(1)
-    batch, d = row // dim, row % dim
-    rows = tl.arange(0, BLOCK_T)
-    t = chunk * BLOCK_T + rows
-    n = tl.arange(0, BLOCK_N)
-    offset = row.to(tl.int64) * length
-    group_offset = (batch * groups + d // group_size).to(tl.int64) * dstate * length
-    u = tl.load(u_ptr + offset + t, mask=t < length, other=0.0).to(tl.float32)
-    _, dt = _time_step(delta_ptr, bias_ptr, offset, t, d, length, HAS_BIAS, SOFTPLUS)
+    row, chunk, d, rows, t, n, offset, group_offset = _chunk_program(
+        dim, length, dstate, group_size, groups, BLOCK_T, BLOCK_N
+    )
     A = tl.load(A_ptr + d * dstate + n, mask=n < dstate, other=0.0)
-    a = tl.exp(dt[:, None] * A[None, :])
-    b = (dt * u)[:, None] * _matrix_tile(B_ptr, group_offset, t, n, length, dstate)
-    decay, state = tl.associative_scan((a, b), 0, _combine)
+    B = _matrix_tile(B_ptr, group_offset, t, n, length, dstate)
+    u, _, _, _, decay, state = _chunk_scan(u_ptr, delta_ptr, bias_ptr, A, B, offset, t, d, length, HAS_BIAS, SOFTPLUS)
     entry = tl.load(entry_ptr + (row.to(tl.int64) * chunks + chunk) * dstate + n, mask=n < dstate, other=0.0)
-    h = state + decay * entry[None, :]
-    y = tl.sum(h * _matrix_tile(C_ptr, group_offset, t, n, length, dstate), axis=1)
-    if HAS_D:
-        y += tl.load(D_ptr + d).to(tl.float32) * u
+    C = _matrix_tile(C_ptr, group_offset, t, n, length, dstate)
+    _, y = _chunk_output(state, decay, entry, C, u, D_ptr, d, HAS_D)
     if HAS_Z:
         z = tl.load(z_ptr + offset + t, mask=t < length, other=0.0).to(tl.float32)
         y *= z * tl.sigmoid(z)
@@ -198,26 +222,19 @@ def _bwd_chunk_summary_kernel(
     The adjoint solves g_t = dy_t C_t + a_{t+1} g_{t+1}; the summary is (prod a_{t+1} over the chunk, g_start).
     With a gate, dy needs the pre-gate output, so the chunk's forward states are recomputed here too.
     """
-    row, chunk = tl.program_id(0), tl.program_id(1)
-    batch, d = row // dim, row % dim
-    rows = tl.arange(0, BLOCK_T)
-    t = chunk * BLOCK_T + rows
-    n = tl.arange(0, BLOCK_N)
-    offset = row.to(tl.int64) * length
-    group_offset = (batch * groups + d // group_size).to(tl.int64) * dstate * length
+    row, chunk, d, rows, t, n, offset, group_offset = _chunk_program(
+        dim, length, dstate, group_size, groups, BLOCK_T, BLOCK_N
+    )
     A = tl.load(A_ptr + d * dstate + n, mask=n < dstate, other=0.0)
     C = _matrix_tile(C_ptr, group_offset, t, n, length, dstate)
     y = tl.zeros([BLOCK_T], tl.float32)
     if HAS_Z:
-        u = tl.load(u_ptr + offset + t, mask=t < length, other=0.0).to(tl.float32)
-        _, dt = _time_step(delta_ptr, bias_ptr, offset, t, d, length, HAS_BIAS, SOFTPLUS)
-        a = tl.exp(dt[:, None] * A[None, :])
-        b = (dt * u)[:, None] * _matrix_tile(B_ptr, group_offset, t, n, length, dstate)
-        decay, state = tl.associative_scan((a, b), 0, _combine)
+        B = _matrix_tile(B_ptr, group_offset, t, n, length, dstate)
+        u, _, _, _, decay, state = _chunk_scan(
+            u_ptr, delta_ptr, bias_ptr, A, B, offset, t, d, length, HAS_BIAS, SOFTPLUS
+        )
         entry = tl.load(h_entry_ptr + (row.to(tl.int64) * chunks + chunk) * dstate + n, mask=n < dstate, other=0.0)
-        y = tl.sum((state + decay * entry[None, :]) * C, axis=1)
-        if HAS_D:
-            y += tl.load(D_ptr + d).to(tl.float32) * u
+        _, y = _chunk_output(state, decay, entry, C, u, D_ptr, d, HAS_D)
     dy, _ = _output_gradient(dout_ptr, z_ptr, offset, t, length, y, HAS_Z)
     a_next = _next_decay(delta_ptr, bias_ptr, A, offset, t, d, length, HAS_BIAS, SOFTPLUS)
     decay, adjoint = tl.associative_scan((a_next, dy[:, None] * C), 0, _combine, reverse=True)
@@ -258,17 +275,13 @@ def _bwd_chunk_kernel(
         row = batch * dim + d
         offset = row.to(tl.int64) * length
         summary = (row.to(tl.int64) * chunks + chunk) * dstate + n
-        u = tl.load(u_ptr + offset + t, mask=valid, other=0.0).to(tl.float32)
-        x, dt = _time_step(delta_ptr, bias_ptr, offset, t, d, length, HAS_BIAS, SOFTPLUS)
         A = tl.load(A_ptr + d * dstate + n, mask=n < dstate, other=0.0)
-        b = (dt * u)[:, None] * B
-        decay, state = tl.associative_scan((tl.exp(dt[:, None] * A[None, :]), b), 0, _combine)
-        h = state + decay * tl.load(h_entry_ptr + summary, mask=n < dstate, other=0.0)[None, :]
-        y = tl.sum(h * C, axis=1)
-        D = 0.0
-        if HAS_D:
-            D = tl.load(D_ptr + d).to(tl.float32)
-            y += D * u
+        u, x, dt, b, decay, state = _chunk_scan(
+            u_ptr, delta_ptr, bias_ptr, A, B, offset, t, d, length, HAS_BIAS, SOFTPLUS
+        )
+        entry = tl.load(h_entry_ptr + summary, mask=n < dstate, other=0.0)
+        h, y = _chunk_output(state, decay, entry, C, u, D_ptr, d, HAS_D)
+        D = tl.load(D_ptr + d).to(tl.float32) if HAS_D else 0.0
         dy, dz = _output_gradient(dout_ptr, z_ptr, offset, t, length, y, HAS_Z)
         if HAS_Z:
             tl.store(dz_ptr + offset + t, dz.to(dz_ptr.dtype.element_ty), mask=valid)
