@@ -81,6 +81,16 @@ def test_lkm_unet_2d_full_macs_match_reference():
     assert round(report.full_macs_by_kind["mamba"] / 1e9, 1) == 8.4
 
 
+def test_lkm_unet_3d_thop_params_match_reference():
+    """architectures.md 4.5: thop on the reference 3D model reports 185.3 M parameters (nnU-Net blocks register
+    each conv/norm twice, the decoder walks the encoder again, the unfused Mamba modules are visible)."""
+    report = count_complexity(build_network("LKMUNet.from_reference_plan", spatial_dims=3), (1, 1, 40, 224, 192))
+    assert report.true_params == 63_782_246
+    assert report.thop_params == 185_268_590
+    assert round(report.thop_params / 1e6, 1) == 185.3
+    assert report.thop_params == pytest.approx(185.3e6, rel=5e-3)
+
+
 # ---------------------------------------------------------------- counting rules on small modules
 
 
