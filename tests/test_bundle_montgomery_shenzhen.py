@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
 from PIL import Image
 
 from monai_mamba_nets.bundle_demo import read_metrics, run_demo
@@ -62,7 +62,7 @@ def test_bundle_files():
     for name in (
         "LICENSE", "large_files.yml", "docs/README.md", "docs/data_license.txt", "configs/metadata.json",
         "configs/train.json", "configs/evaluate.json", "configs/inference.json", "configs/multi_gpu_train.json",
-        "configs/multi_gpu_evaluate.json", "configs/logging.conf", "configs/demo.json",
+        "configs/multi_gpu_evaluate.json", "configs/logging.conf",
     ):  # fmt: skip
         assert (BUNDLE / name).is_file(), name
     assert not (BUNDLE / "models").exists() or not any((BUNDLE / "models").iterdir())
@@ -129,12 +129,29 @@ def test_workflow_properties(workflow_type, config, overrides, tmp_path):
     assert workflow.check_properties() == []
 
 
+@pytest.mark.parametrize("config, recipe_ids", [("train.json", ["image_size", "epochs"]), ("inference.json", ["image_size"])])
+def test_recipe_follows_the_data(demo_env, monkeypatch, tmp_path, config, recipe_ids):
+    """The embedded demo data runs the demo recipe; a real dataset_dir runs the paper's."""
+    monkeypatch.setenv("MONAI_MAMBA_NETS_CACHE", demo_env["MONAI_MAMBA_NETS_CACHE"])
+    for dataset_dir, recipe in ((None, "demo"), (str(tmp_path), "paper")):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / config))
+        if dataset_dir is not None:
+            parser["dataset_dir"] = dataset_dir
+        assert parser.get_parsed_content("recipe") == recipe
+        recipes = parser.get_parsed_content("recipes")
+        for name in recipe_ids:
+            assert parser.get_parsed_content(name) == recipes[recipe][name]
+        assert parser.get_parsed_content("network_def").init_filters == recipes[recipe]["init_filters"]
+
+
 def test_train_evaluate_infer_with_documented_commands(demo_env, tmp_path):
+    """The issue's commands with no argument but bundle_root (to keep the outputs here): demo data, demo recipe."""
     root = tmp_path / "bundle_root"
     # 1. the issue's form, from the repository root, with the `training` run id
     output = _bundle_run(
         ["training", "--config_file", str(BUNDLE.relative_to(REPO) / "configs" / "train.json")]
-        + _args({**TINY_TRAIN, "bundle_root": str(root)}),
+        + _args({"bundle_root": str(root)}),
         cwd=REPO,
         env=demo_env,
     )
@@ -143,7 +160,7 @@ def test_train_evaluate_infer_with_documented_commands(demo_env, tmp_path):
     assert all(isinstance(v, torch.Tensor) for v in state.values())  # a plain state dict
     # 2. evaluation, zoo form from the bundle folder: Dice, IoU and HD95 per test image
     _bundle_run(
-        ["--config_file", "['configs/train.json','configs/evaluate.json']"] + _args({**TINY, "bundle_root": str(root)}),
+        ["--config_file", "['configs/train.json','configs/evaluate.json']"] + _args({"bundle_root": str(root)}),
         cwd=BUNDLE,
         env=demo_env,
     )
@@ -159,7 +176,14 @@ def test_train_evaluate_infer_with_documented_commands(demo_env, tmp_path):
         shutil.copy(case, inputs)
     _bundle_run(
         ["--config_file", "configs/inference.json"]
-        + _args({**TINY, "bundle_root": str(root), "dataset_dir": str(inputs), "output_dir": str(tmp_path / "masks")}),
+        + _args(
+            {
+                "bundle_root": str(root),
+                "dataset_dir": str(inputs),
+                "output_dir": str(tmp_path / "masks"),
+                "network_def#init_filters": 8,  # the demo-trained model, on PNGs outside the demo folder
+            }
+        ),
         cwd=BUNDLE,
         env=demo_env,
     )
@@ -202,15 +226,10 @@ def test_multi_gpu_train_and_evaluate_with_gloo_on_two_processes(demo_env, tmp_p
 
 
 def test_demo_command_runs_all_three_workflows(demo_env, tmp_path, monkeypatch):
-    """``python -m monai_mamba_nets demo`` code path, on a copy of the bundle with an even smaller demo.json."""
-    bundles = tmp_path / "bundles"
-    shutil.copytree(BUNDLE, bundles / BUNDLE.name, ignore=shutil.ignore_patterns("models", "eval"))
-    demo_json = bundles / BUNDLE.name / "configs" / "demo.json"
-    settings = json.loads(demo_json.read_text())
-    settings.update({"image_size": [32, 32], "epochs": 1, "val_interval": 1})
-    demo_json.write_text(json.dumps(settings))
+    """``python -m monai_mamba_nets demo`` code path, with an even smaller run than the demo recipe."""
     monkeypatch.setenv("MONAI_MAMBA_NETS_CACHE", demo_env["MONAI_MAMBA_NETS_CACHE"])
-    result = run_demo(BUNDLE.name, str(bundles), str(tmp_path / "work"))
+    overrides = {"image_size": [32, 32], "epochs": 1, "val_interval": 1}
+    result = run_demo(BUNDLE.name, str(BUNDLE.parent), str(tmp_path / "work"), overrides)
     assert set(result["metrics"]) == {"val_mean_dice", "val_mean_iou", "val_hd95"}
     assert len(result["predictions"]) == 24  # every demo image
     assert (tmp_path / "work" / "models" / "model.pt").is_file()
@@ -241,5 +260,5 @@ def test_clear_errors_for_missing_inputs(tmp_path):
     with pytest.raises(RuntimeError) as error:
         workflow.parser.get_parsed_content("train#dataset#data")
     assert "prepare <dataset> --output_dir" in str(error.value.__cause__)
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="is not a bundle under .*missing .*train.json"):
         run_demo("no_such_bundle", str(REPO / "bundles"), str(tmp_path / "work"))
