@@ -15,7 +15,7 @@ Our networks call some submodules that the reference code did not (mamba-ssm's f
 submodule at all). A network declares how thop saw its reference in a class attribute ``thop_multiplicity``:
 a mapping from a module type, or a ``(module type, child name)`` pair, to how many times thop counted that
 subtree; 0 hides it, 2 counts it twice (nnU-Net's blocks register every layer twice). Factors multiply down
-the tree. LightM-UNet declares ``{Mamba: 0}``.
+the tree. LightM-UNet declares ``{Mamba: 0}``; LKM-UNet doubles nnU-Net's conv blocks and its encoder.
 
 Counting runs one forward pass on fake tensors (shapes only, no memory, no arithmetic) at the requested input
 shape, with the selective scan replaced by a shape-only stand-in, so that even 1 x 1 x 128^3 counts in seconds.
