@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -11,9 +12,15 @@ import torch.nn.functional as F
 from ..ops.scan_cuda import cuda_extension
 from ..ops.selective_scan import selective_scan
 
-__all__ = ["Mamba", "BidirectionalMamba", "causal_conv1d_silu", "init_dt_projection"]
+__all__ = ["Mamba", "BidirectionalMamba", "causal_conv1d_silu", "init_dt_projection", "upcast_half"]
 
 
+def upcast_half(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 to fp32, other dtypes as they are: Mamba layers run in fp32, as in every reference network."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+@functools.lru_cache(maxsize=None)
 def _causal_conv1d_kernel():
     """causal-conv1d's Python entry point where its CUDA extension imports, else None."""
     if cuda_extension("causal_conv1d_cuda") is None:

@@ -19,12 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mamba import BidirectionalMamba
+from .mamba import BidirectionalMamba, upcast_half
 
 __all__ = ["PixelMambaLayer", "PatchMambaLayer", "PIXEL_GROUPINGS", "fit_window_factors"]
 
 PIXEL_GROUPINGS = ("dilated", "contiguous")
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
@@ -91,7 +90,7 @@ class _BidirectionalMambaMixer(nn.Module):
     def _fp32(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.channels:
             raise ValueError(f"{type(self).__name__}: expected {self.channels} input channels, got {tuple(x.shape)}.")
-        return x.float() if x.dtype in _HALF_DTYPES else x
+        return upcast_half(x)
 
 
 class PixelMambaLayer(_BidirectionalMambaMixer):

@@ -7,12 +7,9 @@ import torch.nn as nn
 from monai.networks.layers.factories import Pool
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
-from .mamba import Mamba
+from .mamba import Mamba, upcast_half
 
 __all__ = ["ResidualVisionMamba", "ResMambaBlock", "get_rvm_layer"]
-
-_REDUCED_PRECISION = (torch.float16, torch.bfloat16)
-
 
 class ResidualVisionMamba(nn.Module):
     """Residual Vision Mamba layer of LightM-UNet: a Mamba over all voxels, a learnable skip, one shared LayerNorm.
@@ -65,8 +62,7 @@ class ResidualVisionMamba(nn.Module):
                 f"ResidualVisionMamba: input must be (batch, in_channels={self.in_channels}, *spatial), "
                 f"got shape {tuple(x.shape)}."
             )
-        if x.dtype in _REDUCED_PRECISION:
-            x = x.float()
+        x = upcast_half(x)
         batch, spatial = x.shape[0], x.shape[2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
             tokens = x.flatten(2).transpose(1, 2)
