@@ -5,7 +5,9 @@
 
 Prints medians over ``--repeats`` runs, forward and forward+backward, with the extra peak memory of one call
 (CPU: resident-set growth measured in a fresh process per case; GPU: ``torch.cuda.max_memory_allocated``)
-and the effective bandwidth (bytes of u, delta, B, C, z read and y written, divided by the time).
+and the effective bandwidth (bytes of u, delta, B, C, z read and y written, divided by the time). CPU times are
+host wall-clock; GPU times are CUDA-event times of one call each, with the L2 cache flushed before it (so the
+Python launch overhead counts only where the GPU would wait for it).
 """
 
 from __future__ import annotations
@@ -81,16 +83,30 @@ def run_case(backend: str, shape, device: str, dtype: torch.dtype, backward: boo
             _call(backend, tensors, backward)
             # ru_maxrss is the process's high-water mark in KiB: this process is fresh, so it is this call's peak
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        times = []
-        for _ in range(repeats):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            _call(backend, tensors, backward)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+        timer = _gpu_seconds if device == "cuda" else _host_seconds
+        times = [timer(backend, tensors, backward) for _ in range(repeats)]
     return {"seconds": statistics.median(times), "peak_bytes": max(0, peak)}
+
+
+def _host_seconds(backend, tensors, backward) -> float:
+    start = time.perf_counter()
+    _call(backend, tensors, backward)
+    return time.perf_counter() - start
+
+
+_L2_FLUSH = {}
+
+
+def _gpu_seconds(backend, tensors, backward) -> float:
+    """GPU time of one call (CUDA events), starting from a cold L2 cache as a network layer would."""
+    flush = _L2_FLUSH.setdefault("buffer", torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda"))
+    flush.zero_()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    _call(backend, tensors, backward)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
 
 
 def _run_isolated(args) -> dict:

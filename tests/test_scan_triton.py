@@ -191,16 +191,17 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     from scan_inputs import relative_error, scan_operands
     from monai_mamba_nets.ops import scan_triton, selective_scan_ref
 
-    scan_triton.CHUNK = 16  # several chunks on tiny shapes
     cases = [
         dict(batch=2, dim=4, length=40, dstate=4, groups=None, dtype=torch.float32),
         dict(batch=1, dim=6, length=37, dstate=5, groups=3, dtype=torch.float32),
+        dict(batch=1, dim=4, length=200, dstate=16, groups=None, dtype=torch.float32),
         dict(batch=2, dim=4, length=1, dstate=4, groups=2, dtype=torch.float32),
+        dict(batch=1, dim=2, length=45, dstate=64, groups=None, dtype=torch.float32),
         dict(batch=1, dim=4, length=29, dstate=4, groups=None, dtype=torch.bfloat16),
     ]
-    for case, programs in zip(cases, (1, 4, 2048, 1)):
-        # 1 program: one backward program loops over all channels of a group; more: several channel blocks
-        scan_triton.BACKWARD_PROGRAMS = programs
+    for case, threads in zip(cases, (65536, 65536, 8, 65536, 65536, 65536)):
+        # few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans)
+        scan_triton.FORWARD_THREADS = threads
         ops = scan_operands(**case, seed=case["length"])
         grad_out = torch.randn(case["batch"], case["dim"], case["length"])
         results = []

@@ -20,6 +20,9 @@ def upcast_half(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+_CONV_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 @functools.lru_cache(maxsize=None)
 def _causal_conv1d_kernel():
     """causal-conv1d's Python entry point where its CUDA extension imports, else None."""
@@ -35,9 +38,10 @@ def _causal_conv1d_kernel():
 def causal_conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """silu(causal depthwise conv1d(x)) for x of shape (batch, channels, L), with ``conv`` padded by k - 1.
 
-    Uses causal-conv1d's kernel on CUDA where it is installed, ``F.conv1d`` otherwise.
+    Uses causal-conv1d's kernel on CUDA where it is installed and takes the dtype (fp32, fp16, bf16), ``F.conv1d``
+    otherwise (float64 models, CPU).
     """
-    kernel = _causal_conv1d_kernel() if x.is_cuda else None
+    kernel = _causal_conv1d_kernel() if x.is_cuda and x.dtype in _CONV_KERNEL_DTYPES else None
     if kernel is not None:
         return kernel(x, conv.weight.squeeze(1), conv.bias, activation="silu")
     return F.silu(conv(x)[..., : x.shape[-1]])

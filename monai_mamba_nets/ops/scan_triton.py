@@ -1,38 +1,59 @@
 """Fused chunked selective scan in Triton: forward and backward, nothing to compile ahead of time.
 
-The sequence of every (batch, channel) is cut into chunks of ``CHUNK`` steps and each chunk is one program,
-so the grid is batch x dim x chunks instead of mamba-ssm's batch x dim. Three launches per direction:
+Work split. Every (batch, channel) sequence is cut into chunks of ``chunk`` steps; a program takes one chunk of
+a block of channels of one group and walks it in sub-tiles of a few steps. A thread owns one channel and a
+slice of its N states and keeps a sub-tile of steps of them in registers, laid out as a 4-D tile
+``(steps, states per thread, channels, state lanes)``. Scans along the steps and sums over a thread's states are
+then plain register arithmetic; only sums over the state lanes (for y) and over the channels (for dB and dC)
+cross threads. mamba-ssm has the same inner loop (one channel's states in registers) but one program per
+(batch, channel) walking the whole sequence; here the chunks run in parallel.
 
-1. chunk summary: discretise the chunk in registers (dt = softplus(delta + delta_bias), a = exp(dt A),
-   b = dt B u as a (CHUNK, N) tile), scan it with ``tl.associative_scan`` and keep only the chunk's decay
-   product and end state, (batch, dim, chunks, N);
-2. carry: a scan over those summaries gives the state entering every chunk;
-3. chunk output: rescan the chunk from its entry state, contract with C, add D u, gate with silu(z).
+Forward, three launches:
 
-The backward pass runs the same three steps on the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1} (a reverse scan),
-recomputing the forward states of a chunk from the entry states saved by the forward pass. No
-(batch, dim, L, N) tensor is ever written to memory. Gradients of B and C are summed over a block of
-channels in registers and then over blocks with one ``sum``; every reduction has a fixed order, so the
-gradients are deterministic. Only products of decays are formed, never quotients, which keeps the scan exact
-to fp32 rounding when the cumulative decay underflows (kernels.md, section 4).
+1. summary: each chunk from a zero state gives its end state and the sum of its dt (the chunk's decay is
+   exp(A sum dt), so it is one number per channel);
+2. carry: a scan over the chunk summaries gives the state entering every chunk;
+3. output: each chunk again from its entry state, y = C h + D u, gated by silu(z).
+
+Backward, three launches, for the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}:
+
+1. summary: each chunk forward from its entry state (y is needed for the gate's gradient): the adjoint leaving
+   the chunk's start from a zero adjoint after it, sum_t (prod_{k <= t} a_k) dy_t C_t, and the states at every
+   ``CHECKPOINT`` steps;
+2. carry: the same scan, reversed, gives the adjoint entering every chunk from the right;
+3. gradients: each chunk walks its checkpoint spans from the last; a span is rescanned forward from its
+   checkpoint, keeping the state before every sub-tile in registers, then walked back sub-tile by sub-tile with
+   the adjoint.
+
+No (batch, dim, L, N) tensor is written to memory. dB and dC are summed over a program's channels in
+registers and over channel blocks afterwards; dA, dD and ddelta_bias per chunk and then summed: every
+reduction has a fixed order, so gradients are deterministic. Only products of decays are formed, never
+quotients, which keeps the scan exact to fp32 rounding when the cumulative decay underflows (kernels.md,
+section 4). The reverse scan runs as a forward scan over the flipped sub-tile: flipping steps that live in one
+thread's registers costs nothing, while ``associative_scan(reverse=True)`` emits warp shuffles.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["selective_scan_triton", "CHUNK"]
+__all__ = ["selective_scan_triton"]
 
-# Steps per chunk for N <= 16: one program scans one (chunk, N) tile. Tuned on an H100 with the warps below;
-# larger N gets proportionally shorter chunks, so that a tile keeps the size it was tuned at.
-CHUNK = 256
-FORWARD_WARPS = 4
-BACKWARD_WARPS = 8
-# Backward programs wanted (about 16 per SM of an H100): each sums the B/C gradients of as many channels of
-# a group as this leaves, so fewer partial sums are written where there are enough chunks.
-BACKWARD_PROGRAMS = 2048
+STEPS = 4  # steps of a sub-tile, kept in a thread's registers
+CHECKPOINT = 8 * STEPS  # the backward summary saves a state every CHECKPOINT steps; one span fits in registers
+# states per thread (the rest of N goes to neighbouring threads): fewer where a kernel keeps more tiles alive
+FORWARD_STATES = 16
+SUMMARY_STATES = 8
+GRADIENT_STATES = 4
+# chunks are sized so that about this many threads run the forward; fewer and longer chunks mean fewer
+# chunk summaries to write and carry
+FORWARD_THREADS = 65536
+MAX_CHUNK = 4096
 
 
 @triton.jit
@@ -42,289 +63,375 @@ def _combine(a_left, b_left, a_right, b_right):
 
 
 @triton.jit
+def _scan(a, b):
+    """Inclusive scan of h_t = a_t h_{t-1} + b_t along the steps of a tile: (products of a, states)."""
+    return tl.associative_scan((a, b), 0, _combine)
+
+
+@triton.jit
+def _reverse_scan(a, b):
+    """Inclusive scan of g_t = a_t g_{t+1} + b_t from the last step: (products, adjoints)."""
+    a, b = _scan(tl.flip(a, 0), tl.flip(b, 0))
+    return tl.flip(a, 0), tl.flip(b, 0)
+
+
+@triton.jit
+def _step(x, step, index):
+    """The step ``index`` of a tile (steps on axis 0), keeping the axis."""
+    return tl.sum(tl.where(step == index, x, 0.0), 0, keep_dims=True)
+
+
+@triton.jit
+def _over_states(x):
+    """Sum over the states of a (steps, states, channels, lanes) tile: axes 1 and 3."""
+    return tl.sum(tl.sum(x, 3, keep_dims=True), 1, keep_dims=True)
+
+
+@triton.jit
 def _softplus(x):
     # log(1 + e^x) loses all digits of tiny results in fp32; e^x is exact to rounding there
     return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
 
 
 @triton.jit
-def _row(x, index, rows, BLOCK_T: tl.constexpr):
-    """Row ``index`` of a (BLOCK_T, BLOCK_N) tile."""
-    return tl.sum(tl.where((rows == index)[:, None], x, 0.0), axis=0)
+def _program(dim, length, dstate, group_size, groups, blocks, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr):
+    """Where the program works: rows (batch * dim + channel) and sequence offsets as (1, NL, BD, 1) tiles, channel
+    mask as (1, 1, BD, 1), the channel index, state indices and mask as (1, NP, 1, NL) tiles, and the offset of its
+    group's B and C."""
+    program = tl.program_id(0)
+    batch_group, block = program // blocks, program % blocks
+    batch, group = batch_group // groups, batch_group % groups
+    lane = block * BD + tl.arange(0, BD)[None, None, :, None]
+    channel_ok = lane < group_size
+    channel = group * group_size + lane
+    # rows as (1, NL, BD, 1): each thread loads its own copy of its channel's steps, so that per-channel tiles share
+    # the layout of the (steps, lanes, channels, states) tiles instead of being spread over the steps
+    row = batch * dim + channel + tl.zeros([1, NL, 1, 1], tl.int32)
+    n = tl.arange(0, NL)[None, :, None, None] * NP + tl.arange(0, NP)[None, None, None, :]
+    group_offset = batch_group.to(tl.int64) * dstate * length
+    return row, row.to(tl.int64) * length, channel, channel_ok, n, n < dstate, group_offset
 
 
 @triton.jit
-def _time_step(delta_ptr, bias_ptr, offset, t, d, length, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(delta + bias, dt) at steps ``t`` (fp32); dt is 0 past the end, which makes those steps the identity."""
-    valid = t < length
-    x = tl.load(delta_ptr + offset + t, mask=valid, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        x += tl.load(bias_ptr + d).to(tl.float32)
+def _channel_tile(ptr, channel, channel_ok, n, n_ok, dstate):
+    """A (1, NP, BD, NL) tile of a (dim, N) matrix: A."""
+    return tl.load(ptr + channel * dstate + n, mask=channel_ok & n_ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _matrix(ptr, group_offset, t, n, n_ok, length, channel_ok):
+    """(STEPS, NP, BD, NL) tile of a (.., N, L) matrix B or C, zero outside. Every thread loads the values it uses
+    (threads of one state read the same addresses): loaded as (STEPS, NP, 1, NL), Triton would pick a layout
+    spread over the steps and move the whole (steps, states, channels) tile to it through shared memory."""
+    mask = n_ok & (t < length) & channel_ok
+    return tl.load(ptr + group_offset + n * length + t, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _sequence(ptr, seq, t, valid):
+    """(STEPS, 1, BD, 1) tile of a (batch, dim, L) tensor, zero outside, in fp32."""
+    return tl.load(ptr + seq + t, mask=valid, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _time_step(delta_ptr, bias, seq, t, valid, SOFTPLUS: tl.constexpr):
+    """(delta + bias, dt) at steps ``t``; dt is 0 outside, which makes those steps the identity."""
+    x = _sequence(delta_ptr, seq, t, valid) + bias
     dt = _softplus(x) if SOFTPLUS else x
     return x, tl.where(valid, dt, 0.0)
 
 
 @triton.jit
-def _matrix_tile(ptr, offset, t, n, length, dstate):
-    """(BLOCK_T, BLOCK_N) tile of a (.., N, L) matrix B or C, zero outside."""
-    mask = (t < length)[:, None] & (n < dstate)[None, :]
-    return tl.load(ptr + offset + n[None, :] * length + t[:, None], mask=mask, other=0.0).to(tl.float32)
+def _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, valid, SOFTPLUS: tl.constexpr):
+    """(u, delta + bias, dt, a = exp(dt A), b = dt B u) of a sub-tile."""
+    u = _sequence(u_ptr, seq, t, valid)
+    x, dt = _time_step(delta_ptr, bias, seq, t, valid, SOFTPLUS)
+    return u, x, dt, _decay(dt, A), (dt * u) * B
 
 
 @triton.jit
-def _chunk_program(dim, length, dstate, group_size, groups, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Where the program (row = batch * dim + channel, chunk) works: channel, tile rows, steps t, states n, the
-    offset of its sequences and of its group's B/C."""
-    row, chunk = tl.program_id(0), tl.program_id(1)
-    batch, d = row // dim, row % dim
-    rows = tl.arange(0, BLOCK_T)
-    t = chunk * BLOCK_T + rows
-    n = tl.arange(0, BLOCK_N)
-    offset = row.to(tl.int64) * length
-    group_offset = (batch * groups + d // group_size).to(tl.int64) * dstate * length
-    return row, chunk, d, rows, t, n, offset, group_offset
+def _decay(dt, A):
+    """a = exp(dt A), through the cheaper exp2."""
+    return tl.exp2(dt * A * 1.4426950408889634)
 
 
 @triton.jit
-def _chunk_scan(
-    u_ptr, delta_ptr, bias_ptr, A, B, offset, t, d, length, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr
-):  # fmt: skip
-    """Discretise a chunk in registers and scan it from a zero state.
-
-    Returns (u, delta + bias, dt, b = dt B u, decay products since the chunk start, states), the last three as
-    (BLOCK_T, BLOCK_N) tiles; A is the channel's (BLOCK_N,) row and B its (BLOCK_T, BLOCK_N) tile.
-    """
-    u = tl.load(u_ptr + offset + t, mask=t < length, other=0.0).to(tl.float32)
-    x, dt = _time_step(delta_ptr, bias_ptr, offset, t, d, length, HAS_BIAS, SOFTPLUS)
-    b = (dt * u)[:, None] * B
-    decay, state = tl.associative_scan((tl.exp(dt[:, None] * A[None, :]), b), 0, _combine)
-    return u, x, dt, b, decay, state
+def _states(a, b, h, step):
+    """States of a sub-tile entered with state ``h``: the entry state is folded into the first b."""
+    return _scan(a, tl.where(step == 0, b + a * h, b))
 
 
 @triton.jit
-def _chunk_output(state, decay, entry, C, u, D_ptr, d, HAS_D: tl.constexpr):
-    """(states h from the chunk's entry state, pre-gate output y = C h + D u)."""
-    h = state + decay * entry[None, :]
-    y = tl.sum(h * C, axis=1)
-    if HAS_D:
-        y += tl.load(D_ptr + d).to(tl.float32) * u
-    return h, y
+def _output(C, h, u, D):
+    """y = C h + D u over a sub-tile, (STEPS, 1, BD, 1)."""
+    return _over_states(C * h) + D * u
 
 
 @triton.jit
-def _gate(dout, z, y):
-    """(gradient into the pre-gate output, gradient into z) of out = y * silu(z)."""
+def _gate_gradient(dout, z, y):
+    """(gradient into y, gradient into z) of out = y * silu(z)."""
     sig = tl.sigmoid(z)
     return dout * z * sig, dout * y * sig * (1.0 + z * (1.0 - sig))
 
 
 @triton.jit
-def _fwd_chunk_summary_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, decay_ptr, state_ptr,
-    dim, length, chunks, dstate, group_size, groups,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+def _forward_summary_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, state_ptr, dtsum_ptr,
+    dim, length, dstate, group_size, groups, blocks, chunks,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    CHUNK: tl.constexpr, STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
-    """Decay product and end state (from a zero state) of one chunk of one (batch, channel)."""
-    row, chunk, d, rows, t, n, offset, group_offset = _chunk_program(
-        dim, length, dstate, group_size, groups, BLOCK_T, BLOCK_N
+    """End state from a zero state and sum of dt of one chunk: (rows, chunks, N) and (rows, chunks)."""
+    row, seq, channel, channel_ok, n, n_ok, group_offset = _program(
+        dim, length, dstate, group_size, groups, blocks, BD, NP, NL
     )
-    A = tl.load(A_ptr + d * dstate + n, mask=n < dstate, other=0.0)
-    B = _matrix_tile(B_ptr, group_offset, t, n, length, dstate)
-    _, _, _, _, decay, state = _chunk_scan(u_ptr, delta_ptr, bias_ptr, A, B, offset, t, d, length, HAS_BIAS, SOFTPLUS)
-    out = (row.to(tl.int64) * chunks + chunk) * dstate + n
-    tl.store(decay_ptr + out, _row(decay, BLOCK_T - 1, rows, BLOCK_T), mask=n < dstate)
-    tl.store(state_ptr + out, _row(state, BLOCK_T - 1, rows, BLOCK_T), mask=n < dstate)
+    c = tl.program_id(1)
+    step = tl.arange(0, STEPS)[:, None, None, None]
+    A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
+    bias = tl.load(bias_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
+    h = tl.zeros([1, NL, BD, NP], tl.float32)
+    dtsum = tl.zeros([1, NL, BD, 1], tl.float32)
+    for start in range(0, CHUNK, STEPS):
+        t = c * CHUNK + start + step
+        B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
+        _, _, dt, a, b = _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, channel_ok & (t < length), SOFTPLUS)
+        _, hs = _states(a, b, h, step)
+        h = _step(hs, step, STEPS - 1)
+        dtsum += tl.sum(dt, 0, keep_dims=True)
+    summary = row * chunks + c
+    tl.store(state_ptr + summary * dstate + n, h, mask=channel_ok & n_ok)
+    tl.store(dtsum_ptr + summary, dtsum, mask=channel_ok)
+
+
+@triton.jit
+def _forward_output_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, entry_ptr, out_ptr,
+    dim, length, dstate, group_size, groups, blocks, chunks,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    CHUNK: tl.constexpr, STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
+):  # fmt: skip
+    """One chunk from its entry state: out = (C h + D u) * silu(z)."""
+    row, seq, channel, channel_ok, n, n_ok, group_offset = _program(
+        dim, length, dstate, group_size, groups, blocks, BD, NP, NL
+    )
+    c = tl.program_id(1)
+    step = tl.arange(0, STEPS)[:, None, None, None]
+    A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
+    bias = tl.load(bias_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
+    D = tl.load(D_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_D else 0.0
+    h = tl.load(entry_ptr + (row * chunks + c) * dstate + n, mask=channel_ok & n_ok, other=0.0)
+    for start in range(0, CHUNK, STEPS):
+        t = c * CHUNK + start + step
+        valid = channel_ok & (t < length)
+        B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
+        u, _, _, a, b = _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, valid, SOFTPLUS)
+        _, hs = _states(a, b, h, step)
+        h = _step(hs, step, STEPS - 1)
+        y = _output(_matrix(C_ptr, group_offset, t, n, n_ok, length, channel_ok), hs, u, D)
+        if HAS_Z:
+            z = _sequence(z_ptr, seq, t, valid)
+            y *= z * tl.sigmoid(z)
+        tl.store(out_ptr + seq + t, y.to(out_ptr.dtype.element_ty), mask=valid)
 
 
 @triton.jit
 def _chunk_carry_kernel(
-    decay_ptr, state_ptr, entry_ptr, final_ptr, chunks, dstate,
+    A_ptr, dtsum_ptr, state_ptr, entry_ptr, final_ptr, dim, chunks, dstate,
     REVERSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """State entering every chunk, from each chunk's (decay product, state from zero).
+    """State entering every chunk from each chunk's (sum of dt, state from zero); the chunk's decay is
+    exp(A sum dt).
 
-    entry[c] = decay[c - 1] * entry[c - 1] + state[c - 1], entry[0] = 0; with ``REVERSE`` the chunks are walked
+    entry[c] = decay[c - 1] entry[c - 1] + state[c - 1], entry[0] = 0; with ``REVERSE`` the chunks are walked
     from the last one (entry[c] then comes from chunk c + 1). The state after the walk goes to ``final``.
     """
     row = tl.program_id(0)
     n = tl.arange(0, BLOCK_N)
-    base = row.to(tl.int64) * chunks * dstate
+    A = tl.load(A_ptr + (row % dim) * dstate + n, mask=n < dstate, other=0.0).to(tl.float32)
+    base = row.to(tl.int64) * chunks
     first = chunks - 1 if REVERSE else 0
-    tl.store(entry_ptr + base + first * dstate + n, tl.zeros([BLOCK_N], tl.float32), mask=n < dstate)
+    tl.store(entry_ptr + (base + first) * dstate + n, tl.zeros([BLOCK_N], tl.float32), mask=n < dstate)
     carry = tl.zeros([BLOCK_N], tl.float32)
     for start in range(0, chunks, BLOCK_C):
         step = start + tl.arange(0, BLOCK_C)
         c = chunks - 1 - step if REVERSE else step
         mask = (step < chunks)[:, None] & (n < dstate)[None, :]
-        tile = c[:, None] * dstate + n[None, :]
-        decay = tl.load(decay_ptr + base + tile, mask=mask, other=1.0)
-        state = tl.load(state_ptr + base + tile, mask=mask, other=0.0)
+        dtsum = tl.load(dtsum_ptr + base + c, mask=step < chunks, other=0.0)
+        decay = tl.exp(dtsum[:, None] * A[None, :])
+        state = tl.load(state_ptr + (base + c)[:, None] * dstate + n[None, :], mask=mask, other=0.0)
         decay, state = tl.associative_scan((decay, state), 0, _combine)
         after = decay * carry[None, :] + state
         following = c - 1 if REVERSE else c + 1
         ok = (following >= 0) & (following < chunks)
-        tl.store(entry_ptr + base + following[:, None] * dstate + n[None, :], after, mask=mask & ok[:, None])
-        carry = _row(after, BLOCK_C - 1, tl.arange(0, BLOCK_C), BLOCK_C)
+        tl.store(entry_ptr + (base + following)[:, None] * dstate + n[None, :], after, mask=mask & ok[:, None])
+        carry = tl.sum(tl.where((tl.arange(0, BLOCK_C) == BLOCK_C - 1)[:, None], after, 0.0), 0)
     tl.store(final_ptr + row.to(tl.int64) * dstate + n, carry, mask=n < dstate)
 
 
 @triton.jit
-def _fwd_chunk_output_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, entry_ptr, out_ptr,
-    dim, length, chunks, dstate, group_size, groups,
+def _backward_summary_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, entry_ptr, dout_ptr, checkpoint_ptr, adjoint_ptr,
+    dim, length, dstate, group_size, groups, blocks, chunks,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
-    """Rescan one chunk from its entry state and write (C h + D u) * silu(z)."""
-    row, chunk, d, rows, t, n, offset, group_offset = _chunk_program(
-        dim, length, dstate, group_size, groups, BLOCK_T, BLOCK_N
+    """One chunk forward from its entry state: the states at the start of every SPAN steps, and the adjoint
+    leaving the chunk's start from a zero adjoint after it, sum_t (prod_{k <= t} a_k) dy_t C_t."""
+    row, seq, channel, channel_ok, n, n_ok, group_offset = _program(
+        dim, length, dstate, group_size, groups, blocks, BD, NP, NL
     )
-    A = tl.load(A_ptr + d * dstate + n, mask=n < dstate, other=0.0)
-    B = _matrix_tile(B_ptr, group_offset, t, n, length, dstate)
-    u, _, _, _, decay, state = _chunk_scan(u_ptr, delta_ptr, bias_ptr, A, B, offset, t, d, length, HAS_BIAS, SOFTPLUS)
-    entry = tl.load(entry_ptr + (row.to(tl.int64) * chunks + chunk) * dstate + n, mask=n < dstate, other=0.0)
-    C = _matrix_tile(C_ptr, group_offset, t, n, length, dstate)
-    _, y = _chunk_output(state, decay, entry, C, u, D_ptr, d, HAS_D)
-    if HAS_Z:
-        z = tl.load(z_ptr + offset + t, mask=t < length, other=0.0).to(tl.float32)
-        y *= z * tl.sigmoid(z)
-    tl.store(out_ptr + offset + t, y.to(out_ptr.dtype.element_ty), mask=t < length)
+    c = tl.program_id(1)
+    step = tl.arange(0, STEPS)[:, None, None, None]
+    mask = channel_ok & n_ok
+    A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
+    bias = tl.load(bias_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
+    D = tl.load(D_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_D else 0.0
+    h = tl.load(entry_ptr + (row * chunks + c) * dstate + n, mask=mask, other=0.0)
+    adjoint = tl.zeros([1, NL, BD, NP], tl.float32)
+    decay_before = tl.full([1, NL, BD, NP], 1.0, tl.float32)
+    spans: tl.constexpr = CHUNK // SPAN
+    for i in range(spans):
+        span = c * spans + i
+        tl.store(checkpoint_ptr + (row * chunks * spans + span) * dstate + n, h, mask=mask)
+        for start in range(0, SPAN, STEPS):
+            t = span * SPAN + start + step
+            valid = channel_ok & (t < length)
+            B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
+            u, _, _, a, b = _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, valid, SOFTPLUS)
+            decay, hs = _states(a, b, h, step)
+            h = _step(hs, step, STEPS - 1)
+            C = _matrix(C_ptr, group_offset, t, n, n_ok, length, channel_ok)
+            dy = _sequence(dout_ptr, seq, t, valid)
+            if HAS_Z:
+                dy, _ = _gate_gradient(dy, _sequence(z_ptr, seq, t, valid), _output(C, hs, u, D))
+            adjoint += decay_before * tl.sum(decay * (dy * C), 0, keep_dims=True)
+            decay_before *= _step(decay, step, STEPS - 1)
+    tl.store(adjoint_ptr + (row * chunks + c) * dstate + n, adjoint, mask=mask)
 
 
 @triton.jit
-def _next_decay(delta_ptr, bias_ptr, A, offset, t, d, length, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """a_{t+1} as a (BLOCK_T, BLOCK_N) tile; 1 where t + 1 is past the end (nothing flows back from there)."""
-    _, dt = _time_step(delta_ptr, bias_ptr, offset, t + 1, d, length, HAS_BIAS, SOFTPLUS)
-    return tl.where((t + 1 < length)[:, None], tl.exp(dt[:, None] * A[None, :]), 1.0)
-
-
-@triton.jit
-def _output_gradient(dout_ptr, z_ptr, offset, t, length, y, HAS_Z: tl.constexpr):
-    """(dy, dz): the gradient into the pre-gate output y and into z."""
-    dout = tl.load(dout_ptr + offset + t, mask=t < length, other=0.0).to(tl.float32)
-    if HAS_Z:
-        z = tl.load(z_ptr + offset + t, mask=t < length, other=0.0).to(tl.float32)
-        dy, dz = _gate(dout, z, y)
-    else:
-        dy, dz = dout, dout
-    return dy, dz
-
-
-@triton.jit
-def _bwd_chunk_summary_kernel(
-    u_ptr, delta_ptr, A_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h_entry_ptr, B_ptr, dout_ptr, decay_ptr, state_ptr,
-    dim, length, chunks, dstate, group_size, groups,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """Reverse decay product and adjoint at the chunk start (from a zero adjoint after the chunk).
-
-    The adjoint solves g_t = dy_t C_t + a_{t+1} g_{t+1}; the summary is (prod a_{t+1} over the chunk, g_start).
-    With a gate, dy needs the pre-gate output, so the chunk's forward states are recomputed here too.
-    """
-    row, chunk, d, rows, t, n, offset, group_offset = _chunk_program(
-        dim, length, dstate, group_size, groups, BLOCK_T, BLOCK_N
-    )
-    A = tl.load(A_ptr + d * dstate + n, mask=n < dstate, other=0.0)
-    C = _matrix_tile(C_ptr, group_offset, t, n, length, dstate)
-    y = tl.zeros([BLOCK_T], tl.float32)
-    if HAS_Z:
-        B = _matrix_tile(B_ptr, group_offset, t, n, length, dstate)
-        u, _, _, _, decay, state = _chunk_scan(
-            u_ptr, delta_ptr, bias_ptr, A, B, offset, t, d, length, HAS_BIAS, SOFTPLUS
-        )
-        entry = tl.load(h_entry_ptr + (row.to(tl.int64) * chunks + chunk) * dstate + n, mask=n < dstate, other=0.0)
-        _, y = _chunk_output(state, decay, entry, C, u, D_ptr, d, HAS_D)
-    dy, _ = _output_gradient(dout_ptr, z_ptr, offset, t, length, y, HAS_Z)
-    a_next = _next_decay(delta_ptr, bias_ptr, A, offset, t, d, length, HAS_BIAS, SOFTPLUS)
-    decay, adjoint = tl.associative_scan((a_next, dy[:, None] * C), 0, _combine, reverse=True)
-    out = (row.to(tl.int64) * chunks + chunk) * dstate + n
-    tl.store(decay_ptr + out, _row(decay, 0, rows, BLOCK_T), mask=n < dstate)
-    tl.store(state_ptr + out, _row(adjoint, 0, rows, BLOCK_T), mask=n < dstate)
-
-
-@triton.jit
-def _bwd_chunk_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h_entry_ptr, g_entry_ptr, dout_ptr,
+def _backward_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    dim, length, chunks, dstate, group_size, groups, channel_blocks, channels,
+    dim, length, dstate, group_size, groups, blocks, chunks,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
-    """All gradients of one chunk for ``channels`` channels of one group.
+    """All gradients of one chunk of a block of channels, walking its spans from the last.
 
-    Per channel: the forward states h (from the saved entry state) and the adjoint g (from the adjoint entering
-    from the next chunk), then with a_t h_{t-1} = h_t - b_t:
-    dA = sum dt g (h - b), ddt = sum_n g (A (h - b) + B u), du = dt sum_n g B + D dy, dB = g dt u, dC = dy h.
-    dA, dD and ddelta_bias are written per (batch, channel, chunk); dB and dC per (batch, group, channel block).
+    With a_t h_{t-1} = h_t - b_t: dA = sum dt g (h - b), ddt = sum_n g (A (h - b) + B u), du = dt sum_n g B + D dy,
+    dB = sum_d g dt u, dC = sum_d dy h. dA, dD and ddelta_bias are written per (row, chunk); dB and dC per
+    (batch, group, channel block).
     """
-    chunk, program = tl.program_id(0), tl.program_id(1)
-    batch_group, block = program // channel_blocks, program % channel_blocks
-    batch, group = batch_group // groups, batch_group % groups
-    rows = tl.arange(0, BLOCK_T)
-    t = chunk * BLOCK_T + rows
-    valid = t < length
-    n = tl.arange(0, BLOCK_N)
-    group_offset = batch_group.to(tl.int64) * dstate * length
-    B = _matrix_tile(B_ptr, group_offset, t, n, length, dstate)
-    C = _matrix_tile(C_ptr, group_offset, t, n, length, dstate)
-    dB = tl.zeros([BLOCK_T, BLOCK_N], tl.float32)
-    dC = tl.zeros([BLOCK_T, BLOCK_N], tl.float32)
-    first = group * group_size + block * channels
-    for d in range(first, tl.minimum(first + channels, (group + 1) * group_size)):
-        row = batch * dim + d
-        offset = row.to(tl.int64) * length
-        summary = (row.to(tl.int64) * chunks + chunk) * dstate + n
-        A = tl.load(A_ptr + d * dstate + n, mask=n < dstate, other=0.0)
-        u, x, dt, b, decay, state = _chunk_scan(
-            u_ptr, delta_ptr, bias_ptr, A, B, offset, t, d, length, HAS_BIAS, SOFTPLUS
-        )
-        entry = tl.load(h_entry_ptr + summary, mask=n < dstate, other=0.0)
-        h, y = _chunk_output(state, decay, entry, C, u, D_ptr, d, HAS_D)
-        D = tl.load(D_ptr + d).to(tl.float32) if HAS_D else 0.0
-        dy, dz = _output_gradient(dout_ptr, z_ptr, offset, t, length, y, HAS_Z)
-        if HAS_Z:
-            tl.store(dz_ptr + offset + t, dz.to(dz_ptr.dtype.element_ty), mask=valid)
-        a_next = _next_decay(delta_ptr, bias_ptr, A, offset, t, d, length, HAS_BIAS, SOFTPLUS)
-        decay, adjoint = tl.associative_scan((a_next, dy[:, None] * C), 0, _combine, reverse=True)
-        g = adjoint + decay * tl.load(g_entry_ptr + summary, mask=n < dstate, other=0.0)[None, :]
-        g_decay = g * (h - b)  # g_t a_t h_{t-1}
-        tl.store(dA_ptr + summary, tl.sum(g_decay * dt[:, None], axis=0), mask=n < dstate)
-        gB = tl.sum(g * B, axis=1)
-        ddt = tl.sum(g_decay * A[None, :], axis=1) + gB * u
-        if SOFTPLUS:
-            ddt *= tl.sigmoid(x)
-        ddt = tl.where(valid, ddt, 0.0)
-        tl.store(du_ptr + offset + t, (gB * dt + D * dy).to(du_ptr.dtype.element_ty), mask=valid)
-        tl.store(ddelta_ptr + offset + t, ddt.to(ddelta_ptr.dtype.element_ty), mask=valid)
-        if HAS_D:
-            tl.store(dD_ptr + row.to(tl.int64) * chunks + chunk, tl.sum(dy * u, axis=0))
-        if HAS_BIAS:
-            tl.store(dbias_ptr + row.to(tl.int64) * chunks + chunk, tl.sum(ddt, axis=0))
-        dB += g * (dt * u)[:, None]
-        dC += dy[:, None] * h
-    partial = (batch_group.to(tl.int64) * channel_blocks + block) * dstate * length
-    mask = valid[:, None] & (n < dstate)[None, :]
-    tile = n[None, :] * length + t[:, None]
-    tl.store(dB_ptr + partial + tile, dB, mask=mask)
-    tl.store(dC_ptr + partial + tile, dC, mask=mask)
+    row, seq, channel, channel_ok, n, n_ok, group_offset = _program(
+        dim, length, dstate, group_size, groups, blocks, BD, NP, NL
+    )
+    c = tl.program_id(1)
+    step = tl.arange(0, STEPS)[:, None, None, None]
+    sub_tile = tl.arange(0, SPAN // STEPS)[:, None, None, None]
+    mask = channel_ok & n_ok
+    A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
+    bias = tl.load(bias_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
+    D = tl.load(D_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_D else 0.0
+    partial = tl.program_id(0).to(tl.int64) * dstate * length
+    # the adjoint entering the sub-tile from the right, times the decay of its first step: a_{t+1} g_{t+1}
+    incoming = tl.load(adjoint_ptr + (row * chunks + c) * dstate + n, mask=mask, other=0.0)
+    dA = tl.zeros([1, NL, BD, NP], tl.float32)
+    dD = tl.zeros([1, NL, BD, 1], tl.float32)
+    dbias = tl.zeros([1, NL, BD, 1], tl.float32)
+    spans: tl.constexpr = CHUNK // SPAN
+    for back in range(spans):
+        span = (c + 1) * spans - 1 - back
+        h = tl.load(checkpoint_ptr + (row * chunks * spans + span) * dstate + n, mask=mask, other=0.0)
+        entries = tl.zeros([SPAN // STEPS, NL, BD, NP], tl.float32)
+        for k in range(SPAN // STEPS):
+            entries = tl.where(sub_tile == k, h, entries)
+            t = span * SPAN + k * STEPS + step
+            B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
+            _, _, _, a, b = _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, channel_ok & (t < length), SOFTPLUS)
+            _, hs = _states(a, b, h, step)
+            h = _step(hs, step, STEPS - 1)
+        for back_k in range(SPAN // STEPS):
+            k = SPAN // STEPS - 1 - back_k
+            t = tl.multiple_of(span * SPAN + k * STEPS, STEPS) + step
+            valid = channel_ok & (t < length)
+            B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
+            C = _matrix(C_ptr, group_offset, t, n, n_ok, length, channel_ok)
+            u, x, dt, a, b = _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, valid, SOFTPLUS)
+            _, hs = _states(a, b, _step(entries, sub_tile, k), step)
+            dy = _sequence(dout_ptr, seq, t, valid)
+            if HAS_Z:
+                z = _sequence(z_ptr, seq, t, valid)
+                dy, dz = _gate_gradient(dy, z, _output(C, hs, u, D))
+                tl.store(dz_ptr + seq + t, dz.to(dz_ptr.dtype.element_ty), mask=valid)
+            _, dt_next = _time_step(delta_ptr, bias, seq, t + 1, valid & (step < STEPS - 1) & (t + 1 < length), SOFTPLUS)
+            dyC = dy * C
+            _, g = _reverse_scan(_decay(dt_next, A), tl.where(step == STEPS - 1, dyC + incoming, dyC))
+            incoming = _step(a * g, step, 0)
+            g_decay = g * (hs - b)  # g_t a_t h_{t-1}
+            gB = _over_states(g * B)
+            ddt = _over_states(g_decay * A) + gB * u
+            if SOFTPLUS:
+                ddt *= tl.sigmoid(x)
+            ddt = tl.where(valid, ddt, 0.0)
+            tl.store(du_ptr + seq + t, (dt * gB + D * dy).to(du_ptr.dtype.element_ty), mask=valid)
+            tl.store(ddelta_ptr + seq + t, ddt.to(ddelta_ptr.dtype.element_ty), mask=valid)
+            dA += tl.sum(g_decay * dt, 0, keep_dims=True)
+            dD += tl.sum(dy * u, 0, keep_dims=True)
+            dbias += tl.sum(ddt, 0, keep_dims=True)
+            matrix = partial + n * length + t
+            matrix_ok = n_ok & (t < length)
+            tl.store(dB_ptr + matrix, tl.sum(g * (dt * u), 2, keep_dims=True), mask=matrix_ok)
+            tl.store(dC_ptr + matrix, tl.sum(dy * hs, 2, keep_dims=True), mask=matrix_ok)
+    summary = row * chunks + c
+    tl.store(dA_ptr + summary * dstate + n, dA, mask=mask)
+    if HAS_D:
+        tl.store(dD_ptr + summary, dD, mask=channel_ok)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + summary, dbias, mask=channel_ok)
 
 
-def _chunk_carry(decay: torch.Tensor, state: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_carry(A, dtsum, state, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(entry states (rows, chunks, N), state after the last chunk (rows, N)) from chunk summaries."""
-    rows, chunks, dstate = decay.shape
-    entry = torch.empty_like(decay)
-    final = torch.empty(rows, dstate, dtype=decay.dtype, device=decay.device)
+    rows, chunks, dstate = state.shape
+    entry = torch.empty_like(state)
+    final = torch.empty(rows, dstate, dtype=state.dtype, device=state.device)
     block_n = triton.next_power_of_2(dstate)
     block_c = max(16, min(triton.next_power_of_2(chunks), 4096 // block_n))
     _chunk_carry_kernel[(rows,)](
-        decay, state, entry, final, chunks, dstate, REVERSE=reverse, BLOCK_C=block_c, BLOCK_N=block_n
+        A, dtsum, state, entry, final, A.shape[0], chunks, dstate, REVERSE=reverse, BLOCK_C=block_c, BLOCK_N=block_n
     )
     return entry, final
 
 
-def _chunk_length(block_n: int) -> int:
-    return max(16, CHUNK * 16 // max(16, block_n))
+class _Layout(NamedTuple):
+    """How a kernel spreads a (steps, N, channels) tile over a program: ``states`` states per thread, ``lanes``
+    threads per channel, ``channels`` channels per program of ``warps`` warps, ``blocks`` programs per group."""
+
+    states: int
+    lanes: int
+    channels: int
+    warps: int
+    blocks: int
+
+    def constants(self) -> dict:
+        return dict(BD=self.channels, NP=self.states, NL=self.lanes, num_warps=self.warps)
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(dstate: int, group_size: int, states_per_thread: int) -> _Layout:
+    block_n = triton.next_power_of_2(dstate)
+    states = min(block_n, max(states_per_thread, block_n // 32))
+    lanes = block_n // states
+    warps = min(4, triton.next_power_of_2(triton.cdiv(group_size * lanes, 32)))
+    channels = warps * 32 // lanes
+    return _Layout(states, lanes, channels, warps, triton.cdiv(group_size, channels))
+
+
+def _chunk_length(rows: int, length: int) -> int:
+    """Steps per chunk: a multiple of CHECKPOINT that gives about FORWARD_THREADS threads."""
+    chunk = triton.next_power_of_2(triton.cdiv(rows * length, FORWARD_THREADS))
+    return max(CHECKPOINT, min(chunk, MAX_CHUNK, triton.next_power_of_2(length)))
 
 
 def _as_groups(x: torch.Tensor) -> torch.Tensor:
@@ -341,24 +448,24 @@ class SelectiveScanTriton(torch.autograd.Function):
         groups = grouped_B.shape[1]
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
         D, z, delta_bias = (None if x is None else x.contiguous() for x in (D, z, delta_bias))
-        block_n = triton.next_power_of_2(dstate)
-        chunk = _chunk_length(block_n)
+        chunk = _chunk_length(batch * dim, length)
         chunks = triton.cdiv(length, chunk)
-        shapes = (dim, length, chunks, dstate, dim // groups, groups)
-        flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), BLOCK_T=chunk, BLOCK_N=block_n)
-        decay = torch.empty(batch * dim, chunks, dstate, dtype=torch.float32, device=u.device)
-        state = torch.empty_like(decay)
-        grid = (batch * dim, chunks)
-        _fwd_chunk_summary_kernel[grid](
-            u, delta, A, grouped_B, delta_bias, decay, state, *shapes, num_warps=FORWARD_WARPS, **flags
+        layout = _layout(dstate, dim // groups, FORWARD_STATES)
+        shapes = (dim, length, dstate, dim // groups, groups, layout.blocks, chunks)
+        flags = dict(
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), CHUNK=chunk, STEPS=STEPS, **layout.constants()
         )
-        entry, last_state = _chunk_carry(decay, state, reverse=False)
+        grid = (batch * groups * layout.blocks, chunks)
+        state = torch.empty(batch * dim, chunks, dstate, dtype=torch.float32, device=u.device)
+        dtsum = torch.empty(batch * dim, chunks, dtype=torch.float32, device=u.device)
+        _forward_summary_kernel[grid](u, delta, A, grouped_B, delta_bias, state, dtsum, *shapes, **flags)
+        entry, last_state = _chunk_carry(A, dtsum, state, reverse=False)
         out = torch.empty_like(u)
-        _fwd_chunk_output_kernel[grid](
+        _forward_output_kernel[grid](
             u, delta, A, grouped_B, grouped_C, D, z, delta_bias, entry, out, *shapes,
-            HAS_D=D is not None, HAS_Z=z is not None, num_warps=FORWARD_WARPS, **flags,
+            HAS_D=D is not None, HAS_Z=z is not None, **flags,
         )  # fmt: skip
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, entry)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, entry, dtsum)
         ctx.delta_softplus, ctx.chunk = bool(delta_softplus), chunk
         if not return_last_state:
             return out
@@ -368,53 +475,56 @@ class SelectiveScanTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *unused):
-        u, delta, A, B, C, D, z, delta_bias, h_entry = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, entry, dtsum = ctx.saved_tensors
         batch, dim, length = u.shape
         dstate = A.shape[1]
         grouped_B, grouped_C = _as_groups(B), _as_groups(C)
         groups = grouped_B.shape[1]
         group_size = dim // groups
         dout = dout.contiguous()
-        chunks = h_entry.shape[1]
-        block_n = triton.next_power_of_2(dstate)
-        shapes = (dim, length, chunks, dstate, group_size, groups)
+        chunk, chunks = ctx.chunk, entry.shape[1]
         flags = dict(
             HAS_D=D is not None,
             HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None,
             SOFTPLUS=ctx.delta_softplus,
-            BLOCK_T=ctx.chunk,
-            BLOCK_N=block_n,
+            CHUNK=chunk,
+            STEPS=STEPS,
+            SPAN=CHECKPOINT,
         )
-        decay = torch.empty_like(h_entry)
-        adjoint = torch.empty_like(h_entry)
-        _bwd_chunk_summary_kernel[(batch * dim, chunks)](
-            u, delta, A, grouped_C, D, z, delta_bias, h_entry, grouped_B, dout, decay, adjoint, *shapes,
-            num_warps=FORWARD_WARPS, **flags,
+        operands = (u, delta, A, grouped_B, grouped_C, D, z, delta_bias)
+        summary_layout = _layout(dstate, group_size, SUMMARY_STATES)
+        checkpoints = torch.empty(batch * dim, chunks * (chunk // CHECKPOINT), dstate, dtype=torch.float32, device=u.device)
+        adjoint = torch.empty_like(entry)
+        _backward_summary_kernel[(batch * groups * summary_layout.blocks, chunks)](
+            *operands, entry, dout, checkpoints, adjoint,
+            dim, length, dstate, group_size, groups, summary_layout.blocks, chunks,
+            **flags, **summary_layout.constants(),
         )  # fmt: skip
-        g_entry, _ = _chunk_carry(decay, adjoint, reverse=True)
-        channels = triton.cdiv(group_size, max(1, min(group_size, BACKWARD_PROGRAMS // (chunks * batch * groups))))
-        channel_blocks = triton.cdiv(group_size, channels)
+        incoming, _ = _chunk_carry(A, dtsum, adjoint, reverse=True)
+        layout = _layout(dstate, group_size, GRADIENT_STATES)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = None if z is None else torch.empty_like(z)
-        dA = torch.empty(batch, dim, chunks, dstate, dtype=torch.float32, device=u.device)
-        per_chunk = torch.empty(2, batch, dim, chunks, dtype=torch.float32, device=u.device)
-        dBC = torch.empty(2, batch, groups, channel_blocks, dstate, length, dtype=torch.float32, device=u.device)
-        _bwd_chunk_kernel[(chunks, batch * groups * channel_blocks)](
-            u, delta, A, grouped_B, grouped_C, D, z, delta_bias, h_entry, g_entry, dout,
-            du, ddelta, dz, dA, dBC[0], dBC[1], per_chunk[0], per_chunk[1], *shapes, channel_blocks, channels,
-            num_warps=BACKWARD_WARPS, **flags,
+        dA = torch.empty_like(entry)
+        per_chunk = torch.empty(2, batch * dim, chunks, dtype=torch.float32, device=u.device)
+        dBC = torch.empty(2, batch * groups, layout.blocks, dstate, length, dtype=torch.float32, device=u.device)
+        _backward_kernel[(batch * groups * layout.blocks, chunks)](
+            *operands, checkpoints, incoming, dout,
+            du, ddelta, dz, dA, dBC[0], dBC[1], per_chunk[0], per_chunk[1],
+            dim, length, dstate, group_size, groups, layout.blocks, chunks,
+            **flags, **layout.constants(),
         )  # fmt: skip
-        dB, dC = dBC.sum(3)
+        dB, dC = dBC.sum(2)
+        dD, dbias = per_chunk.view(2, batch, dim, chunks).sum((1, 3))
         return (
             du,
             ddelta,
-            dA.sum((0, 2)).to(A.dtype),
+            dA.view(batch, dim, chunks, dstate).sum((0, 2)).to(A.dtype),
             dB.reshape(B.shape).to(B.dtype),
             dC.reshape(C.shape).to(C.dtype),
-            None if D is None else per_chunk[0].sum((0, 2)).to(D.dtype),
+            None if D is None else dD.to(D.dtype),
             dz,
-            None if delta_bias is None else per_chunk[1].sum((0, 2)).to(delta_bias.dtype),
+            None if delta_bias is None else dbias.to(delta_bias.dtype),
             None,
             None,
         )

@@ -24,7 +24,7 @@ __all__ = ["selective_scan", "available_backends", "resolve_backend", "BACKEND_E
 BACKEND_ENV = "MONAI_MAMBA_SCAN_BACKEND"
 BACKENDS = ("auto", "torch", "cuda", "triton")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# the triton backend keeps a (chunk, N) tile per program in registers
+# the widest state the triton kernels are tested at (a thread keeps up to 16 states of a channel in registers)
 _TRITON_MAX_DSTATE = 64
 
 
