@@ -3,7 +3,7 @@
 Work split. Every (batch, channel) sequence is cut into chunks of ``chunk`` steps; a program takes one chunk of
 a block of channels of one group and walks it in sub-tiles of a few steps. A thread owns one channel and a
 slice of its N states and keeps a sub-tile of steps of them in registers, laid out as a 4-D tile
-``(steps, states per thread, channels, state lanes)``. Scans along the steps and sums over a thread's states are
+``(steps, state lanes, channels, states per thread)``. Scans along the steps and sums over a thread's states are
 then plain register arithmetic; only sums over the state lanes (for y) and over the channels (for dB and dC)
 cross threads. mamba-ssm has the same inner loop (one channel's states in registers) but one program per
 (batch, channel) walking the whole sequence; here the chunks run in parallel.
@@ -83,7 +83,7 @@ def _step(x, step, index):
 
 @triton.jit
 def _over_states(x):
-    """Sum over the states of a (steps, states, channels, lanes) tile: axes 1 and 3."""
+    """Sum over the states of a (steps, state lanes, channels, states per thread) tile: axes 1 and 3."""
     return tl.sum(tl.sum(x, 3, keep_dims=True), 1, keep_dims=True)
 
 
@@ -96,7 +96,7 @@ def _softplus(x):
 @triton.jit
 def _program(dim, length, dstate, group_size, groups, blocks, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr):
     """Where the program works: rows (batch * dim + channel) and sequence offsets as (1, NL, BD, 1) tiles, channel
-    mask as (1, 1, BD, 1), the channel index, state indices and mask as (1, NP, 1, NL) tiles, and the offset of its
+    index and mask as (1, 1, BD, 1), state indices and mask as (1, NL, 1, NP) tiles, and the offset of its
     group's B and C."""
     program = tl.program_id(0)
     batch_group, block = program // blocks, program % blocks
@@ -114,14 +114,14 @@ def _program(dim, length, dstate, group_size, groups, blocks, BD: tl.constexpr, 
 
 @triton.jit
 def _channel_tile(ptr, channel, channel_ok, n, n_ok, dstate):
-    """A (1, NP, BD, NL) tile of a (dim, N) matrix: A."""
+    """A (1, NL, BD, NP) tile of a (dim, N) matrix: A."""
     return tl.load(ptr + channel * dstate + n, mask=channel_ok & n_ok, other=0.0).to(tl.float32)
 
 
 @triton.jit
 def _matrix(ptr, group_offset, t, n, n_ok, length, channel_ok):
-    """(STEPS, NP, BD, NL) tile of a (.., N, L) matrix B or C, zero outside. Every thread loads the values it uses
-    (threads of one state read the same addresses): loaded as (STEPS, NP, 1, NL), Triton would pick a layout
+    """(STEPS, NL, BD, NP) tile of a (.., N, L) matrix B or C, zero outside. Every thread loads the values it uses
+    (threads of one state read the same addresses): loaded as (STEPS, NL, 1, NP), Triton would pick a layout
     spread over the steps and move the whole (steps, states, channels) tile to it through shared memory."""
     mask = n_ok & (t < length) & channel_ok
     return tl.load(ptr + group_offset + n * length + t, mask=mask, other=0.0).to(tl.float32)
@@ -129,7 +129,7 @@ def _matrix(ptr, group_offset, t, n, n_ok, length, channel_ok):
 
 @triton.jit
 def _sequence(ptr, seq, t, valid):
-    """(STEPS, 1, BD, 1) tile of a (batch, dim, L) tensor, zero outside, in fp32."""
+    """(STEPS, NL, BD, 1) tile of a (batch, dim, L) tensor, zero outside, in fp32."""
     return tl.load(ptr + seq + t, mask=valid, other=0.0).to(tl.float32)
 
 
@@ -163,7 +163,7 @@ def _states(a, b, h, step):
 
 @triton.jit
 def _output(C, h, u, D):
-    """y = C h + D u over a sub-tile, (STEPS, 1, BD, 1)."""
+    """y = C h + D u over a sub-tile, (STEPS, NL, BD, 1)."""
     return _over_states(C * h) + D * u
 
 
