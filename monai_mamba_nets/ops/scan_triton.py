@@ -119,6 +119,12 @@ def _channel_tile(ptr, channel, channel_ok, n, n_ok, dstate):
 
 
 @triton.jit
+def _per_channel(ptr, channel, channel_ok, PRESENT: tl.constexpr):
+    """A (dim,) operand (D, delta_bias) at the program's channels in fp32, or 0 where the operand is absent."""
+    return tl.load(ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if PRESENT else 0.0
+
+
+@triton.jit
 def _matrix(ptr, group_offset, t, n, n_ok, length, channel_ok):
     """(STEPS, NL, BD, NP) tile of a (.., N, L) matrix B or C, zero outside. Every thread loads the values it uses
     (threads of one state read the same addresses): loaded as (STEPS, NL, 1, NP), Triton would pick a layout
@@ -142,23 +148,27 @@ def _time_step(delta_ptr, bias, seq, t, valid, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, valid, SOFTPLUS: tl.constexpr):
-    """(u, delta + bias, dt, a = exp(dt A), b = dt B u) of a sub-tile."""
-    u = _sequence(u_ptr, seq, t, valid)
-    x, dt = _time_step(delta_ptr, bias, seq, t, valid, SOFTPLUS)
-    return u, x, dt, _decay(dt, A), (dt * u) * B
-
-
-@triton.jit
 def _decay(dt, A):
     """a = exp(dt A), through the cheaper exp2."""
     return tl.exp2(dt * A * 1.4426950408889634)
 
 
 @triton.jit
-def _states(a, b, h, step):
-    """States of a sub-tile entered with state ``h``: the entry state is folded into the first b."""
-    return _scan(a, tl.where(step == 0, b + a * h, b))
+def _sub_tile(
+    u_ptr, delta_ptr, B_ptr, bias, A, h, seq, group_offset, t, n, n_ok, length, channel_ok, step,
+    SOFTPLUS: tl.constexpr,
+):  # fmt: skip
+    """Discretise the sub-tile at steps ``t`` and scan it from entry state ``h`` (folded into the first b).
+
+    Returns (u, delta + bias, dt, a = exp(dt A), b = dt B u, B, decay products since the sub-tile start, states).
+    """
+    valid = channel_ok & (t < length)
+    u = _sequence(u_ptr, seq, t, valid)
+    x, dt = _time_step(delta_ptr, bias, seq, t, valid, SOFTPLUS)
+    B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
+    a, b = _decay(dt, A), (dt * u) * B
+    decay, hs = _scan(a, tl.where(step == 0, b + a * h, b))
+    return u, x, dt, a, b, B, decay, hs
 
 
 @triton.jit
@@ -188,14 +198,14 @@ def _forward_summary_kernel(
     c = tl.program_id(1)
     step = tl.arange(0, STEPS)[:, None, None, None]
     A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
-    bias = tl.load(bias_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
+    bias = _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
     h = tl.zeros([1, NL, BD, NP], tl.float32)
     dtsum = tl.zeros([1, NL, BD, 1], tl.float32)
     for start in range(0, CHUNK, STEPS):
         t = c * CHUNK + start + step
-        B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
-        _, _, dt, a, b = _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, channel_ok & (t < length), SOFTPLUS)
-        _, hs = _states(a, b, h, step)
+        _, _, dt, _, _, _, _, hs = _sub_tile(
+            u_ptr, delta_ptr, B_ptr, bias, A, h, seq, group_offset, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+        )
         h = _step(hs, step, STEPS - 1)
         dtsum += tl.sum(dt, 0, keep_dims=True)
     summary = row * chunks + c
@@ -217,15 +227,15 @@ def _forward_output_kernel(
     c = tl.program_id(1)
     step = tl.arange(0, STEPS)[:, None, None, None]
     A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
-    bias = tl.load(bias_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
-    D = tl.load(D_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_D else 0.0
+    bias = _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
+    D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
     h = tl.load(entry_ptr + (row * chunks + c) * dstate + n, mask=channel_ok & n_ok, other=0.0)
     for start in range(0, CHUNK, STEPS):
         t = c * CHUNK + start + step
         valid = channel_ok & (t < length)
-        B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
-        u, _, _, a, b = _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, valid, SOFTPLUS)
-        _, hs = _states(a, b, h, step)
+        u, _, _, _, _, _, _, hs = _sub_tile(
+            u_ptr, delta_ptr, B_ptr, bias, A, h, seq, group_offset, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+        )
         h = _step(hs, step, STEPS - 1)
         y = _output(_matrix(C_ptr, group_offset, t, n, n_ok, length, channel_ok), hs, u, D)
         if HAS_Z:
@@ -284,8 +294,8 @@ def _backward_summary_kernel(
     step = tl.arange(0, STEPS)[:, None, None, None]
     mask = channel_ok & n_ok
     A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
-    bias = tl.load(bias_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
-    D = tl.load(D_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_D else 0.0
+    bias = _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
+    D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
     h = tl.load(entry_ptr + (row * chunks + c) * dstate + n, mask=mask, other=0.0)
     adjoint = tl.zeros([1, NL, BD, NP], tl.float32)
     decay_before = tl.full([1, NL, BD, NP], 1.0, tl.float32)
@@ -296,9 +306,9 @@ def _backward_summary_kernel(
         for start in range(0, SPAN, STEPS):
             t = span * SPAN + start + step
             valid = channel_ok & (t < length)
-            B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
-            u, _, _, a, b = _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, valid, SOFTPLUS)
-            decay, hs = _states(a, b, h, step)
+            u, _, _, _, _, _, decay, hs = _sub_tile(
+                u_ptr, delta_ptr, B_ptr, bias, A, h, seq, group_offset, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+            )
             h = _step(hs, step, STEPS - 1)
             C = _matrix(C_ptr, group_offset, t, n, n_ok, length, channel_ok)
             dy = _sequence(dout_ptr, seq, t, valid)
@@ -331,8 +341,8 @@ def _backward_kernel(
     sub_tile = tl.arange(0, SPAN // STEPS)[:, None, None, None]
     mask = channel_ok & n_ok
     A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
-    bias = tl.load(bias_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
-    D = tl.load(D_ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if HAS_D else 0.0
+    bias = _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
+    D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
     partial = tl.program_id(0).to(tl.int64) * dstate * length
     # the adjoint entering the sub-tile from the right, times the decay of its first step: a_{t+1} g_{t+1}
     incoming = tl.load(adjoint_ptr + (row * chunks + c) * dstate + n, mask=mask, other=0.0)
@@ -347,18 +357,19 @@ def _backward_kernel(
         for k in range(SPAN // STEPS):
             entries = tl.where(sub_tile == k, h, entries)
             t = span * SPAN + k * STEPS + step
-            B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
-            _, _, _, a, b = _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, channel_ok & (t < length), SOFTPLUS)
-            _, hs = _states(a, b, h, step)
+            _, _, _, _, _, _, _, hs = _sub_tile(
+                u_ptr, delta_ptr, B_ptr, bias, A, h, seq, group_offset, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+            )
             h = _step(hs, step, STEPS - 1)
         for back_k in range(SPAN // STEPS):
             k = SPAN // STEPS - 1 - back_k
-            t = tl.multiple_of(span * SPAN + k * STEPS, STEPS) + step
+            t = span * SPAN + k * STEPS + step
             valid = channel_ok & (t < length)
-            B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
+            u, x, dt, a, b, B, _, hs = _sub_tile(
+                u_ptr, delta_ptr, B_ptr, bias, A, _step(entries, sub_tile, k), seq, group_offset, t, n, n_ok, length,
+                channel_ok, step, SOFTPLUS,
+            )  # fmt: skip
             C = _matrix(C_ptr, group_offset, t, n, n_ok, length, channel_ok)
-            u, x, dt, a, b = _discretise(u_ptr, delta_ptr, bias, A, B, seq, t, valid, SOFTPLUS)
-            _, hs = _states(a, b, _step(entries, sub_tile, k), step)
             dy = _sequence(dout_ptr, seq, t, valid)
             if HAS_Z:
                 z = _sequence(z_ptr, seq, t, valid)
@@ -465,7 +476,8 @@ class SelectiveScanTriton(torch.autograd.Function):
             u, delta, A, grouped_B, grouped_C, D, z, delta_bias, entry, out, *shapes,
             HAS_D=D is not None, HAS_Z=z is not None, **flags,
         )  # fmt: skip
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, entry, dtsum)
+        ctx.save_for_backward(u, delta, A, grouped_B, grouped_C, D, z, delta_bias, entry, dtsum)
+        ctx.matrix_shapes = B.shape, C.shape
         ctx.delta_softplus, ctx.chunk = bool(delta_softplus), chunk
         if not return_last_state:
             return out
@@ -475,10 +487,9 @@ class SelectiveScanTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *unused):
-        u, delta, A, B, C, D, z, delta_bias, entry, dtsum = ctx.saved_tensors
+        u, delta, A, grouped_B, grouped_C, D, z, delta_bias, entry, dtsum = ctx.saved_tensors
         batch, dim, length = u.shape
         dstate = A.shape[1]
-        grouped_B, grouped_C = _as_groups(B), _as_groups(C)
         groups = grouped_B.shape[1]
         group_size = dim // groups
         dout = dout.contiguous()
@@ -520,8 +531,8 @@ class SelectiveScanTriton(torch.autograd.Function):
             du,
             ddelta,
             dA.view(batch, dim, chunks, dstate).sum((0, 2)).to(A.dtype),
-            dB.reshape(B.shape).to(B.dtype),
-            dC.reshape(C.shape).to(C.dtype),
+            dB.reshape(ctx.matrix_shapes[0]).to(grouped_B.dtype),
+            dC.reshape(ctx.matrix_shapes[1]).to(grouped_C.dtype),
             None if D is None else dD.to(D.dtype),
             dz,
             None if delta_bias is None else dbias.to(delta_bias.dtype),
