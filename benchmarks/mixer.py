@@ -3,15 +3,19 @@
     python benchmarks/mixer.py                       # (batch, L, d_model) = (2, 32768, 64)
     python benchmarks/mixer.py --profile             # also the GPU time of one forward+backward of ours by kernel
 
-Both mixers get the same weights. Prints medians (CUDA events) of forward and forward+backward, which scan
+All mixers get the same weights. Prints medians (CUDA events) of forward and forward+backward, which scan
 backend and causal-convolution path ours took, and whether mamba_ssm is importable (it is only compared when it
-is installed with its compiled extensions).
+is installed with its compiled extensions). Where mamba-ssm or causal-conv1d is installed, ours is also timed as
+it runs without them (Triton scan, ``F.conv1d``), in the same process: timings of separate processes on a shared
+GPU machine differ by more than the differences measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+from unittest import mock
 
 import torch
 
@@ -72,7 +76,13 @@ def main() -> None:
     backend = resolve_backend(ours.scan_backend, inner, A, inner[:, :16], inner[:, :16])
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, shape (B, L, C) = "
           f"{(args.batch, args.length, args.d_model)}, fp32, medians of {args.repeats}")  # fmt: skip
-    rows = [("ours", f"scan {backend}, {conv_path()}", ours)]
+    rows = [("ours", f"scan {backend}, {conv_path()}", ours, contextlib.nullcontext())]
+    if conv_path() != "F.conv1d + SiLU" or backend != "triton":
+        # what ours runs where mamba-ssm and causal-conv1d are not installed, timed in this same process
+        alone = Mamba(args.d_model, scan_backend="triton").cuda()
+        alone.load_state_dict(ours.state_dict())
+        without = mock.patch.object(mamba_layer, "_causal_conv1d_kernel", lambda: None)
+        rows.append(("ours", "as without mamba-ssm: scan triton, F.conv1d + SiLU", alone, without))
     try:
         import mamba_ssm
     except ImportError as error:
@@ -80,11 +90,13 @@ def main() -> None:
     else:
         theirs = mamba_ssm.Mamba(d_model=args.d_model, d_state=16, d_conv=4, expand=2).cuda()
         theirs.load_state_dict(ours.state_dict())
-        rows.append(("mamba_ssm", f"fast path = {theirs.use_fast_path}", theirs))
-    print(f"{'mixer':10} {'path':45} {'fwd ms':>8} {'fwd+bwd ms':>11}")
-    for name, path, mixer in rows:
+        rows.append(("mamba_ssm", f"fast path = {theirs.use_fast_path}", theirs, contextlib.nullcontext()))
+    print(f"{'mixer':10} {'path':52} {'fwd ms':>8} {'fwd+bwd ms':>11}")
+    for name, path, mixer, context in rows:
         forward, both = forward_and_backward(mixer, x, grad)
-        print(f"{name:10} {path:45} {median_ms(forward, args.repeats):8.3f} {median_ms(both, args.repeats):11.3f}")
+        with context:
+            times = median_ms(forward, args.repeats), median_ms(both, args.repeats)
+        print(f"{name:10} {path:52} {times[0]:8.3f} {times[1]:11.3f}")
     if args.profile:
         _, both = forward_and_backward(ours, x, grad)
         both()

@@ -134,11 +134,13 @@ def test_matches_mamba_ssm(groups, dtype):
 
 @gpu
 def test_auto_order_and_forcing_explains_why_not():
-    """auto: mamba-ssm's kernel where installed, else triton."""
-    ops = scan_operands(1, 4, 10, 4, device="cuda")
+    """auto: mamba-ssm's kernel where installed for short sequences, else triton."""
     assert "triton" in available_backends()
+    ops = scan_operands(1, 4, 10, 4, device="cuda")
     expected = "cuda" if "cuda" in available_backends() else "triton"
     assert resolve_backend("auto", ops["u"], ops["A"], ops["B"], ops["C"]) == expected
+    long = scan_operands(1, 2, 32768, 4, device="cuda")
+    assert resolve_backend("auto", long["u"], long["A"], long["B"], long["C"]) == "triton"
     invariant = scan_operands(1, 4, 10, 4, time_invariant_B=True, device="cuda")
     assert resolve_backend("auto", invariant["u"], invariant["A"], invariant["B"], invariant["C"]) != "triton"
     with pytest.raises(RuntimeError, match="backend 'triton' cannot run here: .*time-varying B and C"):

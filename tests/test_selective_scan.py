@@ -164,6 +164,31 @@ def test_environment_variable_is_validated(monkeypatch):
     assert torch.equal(selective_scan(**ops), selective_scan(**ops, backend="torch"))
 
 
+@pytest.mark.parametrize(
+    "runnable, length, expected",
+    [
+        (("cuda", "triton"), 4096, "cuda"),
+        (("cuda", "triton"), 32768, "triton"),
+        (("cuda",), 32768, "cuda"),
+        (("triton",), 16, "triton"),
+        ((), 32768, "torch"),
+    ],
+)
+def test_auto_order(monkeypatch, runnable, length, expected):
+    """auto: mamba-ssm's kernel for short sequences, the Triton kernels from TRITON_FIRST_LENGTH on, torch last."""
+    import importlib
+
+    from monai_mamba_nets.ops import resolve_backend
+
+    op = importlib.import_module("monai_mamba_nets.ops.selective_scan")  # the module, not the function of its name
+    assert op.TRITON_FIRST_LENGTH == 32768
+    for name in ("cuda", "triton"):
+        reason = None if name in runnable else f"{name} is not runnable in this test"
+        monkeypatch.setattr(op, f"_{name}_applicability", lambda *args, reason=reason: reason)
+    ops = scan_operands(1, 2, length, 2)
+    assert resolve_backend("auto", ops["u"], ops["A"], ops["B"], ops["C"]) == expected
+
+
 def test_cpu_never_imports_mamba_ssm():
     import sys
 

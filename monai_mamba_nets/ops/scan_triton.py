@@ -15,7 +15,7 @@ Forward, three launches:
 2. carry: a scan over the chunk summaries gives the state entering every chunk;
 3. output: each chunk again from its entry state, y = C h + D u, gated by silu(z).
 
-Backward, three launches, for the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}:
+Backward, four launches, for the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}:
 
 1. summary: each chunk forward from its entry state (y is needed for the gate's gradient): the adjoint leaving
    the chunk's start from a zero adjoint after it, sum_t (prod_{k <= t} a_k) dy_t C_t, and the states at every
@@ -23,19 +23,24 @@ Backward, three launches, for the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}:
 2. carry: the same scan, reversed, gives the adjoint entering every chunk from the right;
 3. gradients: each chunk walks its checkpoint spans from the last; a span is rescanned forward from its
    checkpoint, keeping the state before every sub-tile in registers, then walked back sub-tile by sub-tile with
-   the adjoint.
+   the adjoint;
+4. sums: the partial gradients of the programs summed and cast to the operands' dtypes.
 
 No (batch, dim, L, N) tensor is written to memory. dB and dC are summed over a program's channels in
-registers and over channel blocks afterwards; dA, dD and ddelta_bias per chunk and then summed: every
-reduction has a fixed order, so gradients are deterministic. Only products of decays are formed, never
+registers and over channel blocks by the sums kernel; dA, dD and ddelta_bias per chunk, then over chunks and
+batch by the sums kernel: every reduction has a fixed order, so gradients are deterministic. Only products of decays are formed, never
 quotients, which keeps the scan exact to fp32 rounding when the cumulative decay underflows (kernels.md,
 section 4). The reverse scan runs as a forward scan over the flipped sub-tile: flipping steps that live in one
 thread's registers costs nothing, while ``associative_scan(reverse=True)`` emits warp shuffles.
+
+Host side. Launching through ``kernel[grid]`` costs more host time than the kernels take on short sequences, so
+the first call with a configuration of the operands builds a ``_Plan`` (chunking, layouts, workspace sizes, one
+``_Launcher`` per kernel) and later calls launch the compiled kernels directly.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -54,6 +59,8 @@ GRADIENT_STATES = 4
 # chunk summaries to write and carry
 FORWARD_THREADS = 65536
 MAX_CHUNK = 4096
+# a register cap for the forward summary kernel: 15 % faster on the H100 at L >= 16384 (more warps per SM)
+FORWARD_SUMMARY_REGISTERS = 128
 
 
 @triton.jit
@@ -375,7 +382,8 @@ def _backward_kernel(
                 z = _sequence(z_ptr, seq, t, valid)
                 dy, dz = _gate_gradient(dy, z, _output(C, hs, u, D))
                 tl.store(dz_ptr + seq + t, dz.to(dz_ptr.dtype.element_ty), mask=valid)
-            _, dt_next = _time_step(delta_ptr, bias, seq, t + 1, valid & (step < STEPS - 1) & (t + 1 < length), SOFTPLUS)
+            next_ok = valid & (step < STEPS - 1) & (t + 1 < length)
+            _, dt_next = _time_step(delta_ptr, bias, seq, t + 1, next_ok, SOFTPLUS)
             dyC = dy * C
             _, g = _reverse_scan(_decay(dt_next, A), tl.where(step == STEPS - 1, dyC + incoming, dyC))
             incoming = _step(a * g, step, 0)
@@ -402,17 +410,91 @@ def _backward_kernel(
         tl.store(dbias_ptr + summary, dbias, mask=channel_ok)
 
 
-def _chunk_carry(A, dtsum, state, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(entry states (rows, chunks, N), state after the last chunk (rows, N)) from chunk summaries."""
-    rows, chunks, dstate = state.shape
-    entry = torch.empty_like(state)
-    final = torch.empty(rows, dstate, dtype=state.dtype, device=state.device)
-    block_n = triton.next_power_of_2(dstate)
-    block_c = max(16, min(triton.next_power_of_2(chunks), 4096 // block_n))
-    _chunk_carry_kernel[(rows,)](
-        A, dtsum, state, entry, final, A.shape[0], chunks, dstate, REVERSE=reverse, BLOCK_C=block_c, BLOCK_N=block_n
-    )
-    return entry, final
+@triton.jit
+def _sum_partials_kernel(
+    dA_part_ptr, dD_part_ptr, dbias_part_ptr, dB_part_ptr, dC_part_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
+    batch, dim, dstate, length, chunks, blocks,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Sums of the per-program partial gradients, in a fixed order, cast to the operands' dtypes.
+
+    The first ``dim`` programs take one channel each: dA, dD and ddelta_bias over batch and chunks. The others take
+    BLOCK_M entries of one (batch, group)'s dB and dC each, summed over the channel blocks.
+    """
+    program = tl.program_id(0)
+    if program < dim:
+        # the channel's (batch, chunk) partials, BLOCK_R at a time
+        r = tl.arange(0, BLOCK_R)
+        n = tl.arange(0, BLOCK_N)
+        dA = tl.zeros([BLOCK_R, BLOCK_N], tl.float32)
+        dD = tl.zeros([BLOCK_R], tl.float32)
+        dbias = tl.zeros([BLOCK_R], tl.float32)
+        for start in range(0, batch * chunks, BLOCK_R):
+            index = start + r
+            ok = index < batch * chunks
+            summary = ((index // chunks) * dim + program).to(tl.int64) * chunks + index % chunks
+            mask = ok[:, None] & (n < dstate)[None, :]
+            dA += tl.load(dA_part_ptr + summary[:, None] * dstate + n[None, :], mask=mask, other=0.0)
+            if HAS_D:
+                dD += tl.load(dD_part_ptr + summary, mask=ok, other=0.0)
+            if HAS_BIAS:
+                dbias += tl.load(dbias_part_ptr + summary, mask=ok, other=0.0)
+        tl.store(dA_ptr + program * dstate + n, tl.sum(dA, 0).to(dA_ptr.dtype.element_ty), mask=n < dstate)
+        if HAS_D:
+            tl.store(dD_ptr + program, tl.sum(dD, 0).to(dD_ptr.dtype.element_ty))
+        if HAS_BIAS:
+            tl.store(dbias_ptr + program, tl.sum(dbias, 0).to(dbias_ptr.dtype.element_ty))
+    else:
+        size = dstate * length
+        tiles = tl.cdiv(size, BLOCK_M)
+        batch_group, tile = (program - dim) // tiles, (program - dim) % tiles
+        m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        ok = m < size
+        dB = tl.zeros([BLOCK_M], tl.float32)
+        dC = tl.zeros([BLOCK_M], tl.float32)
+        for block in range(blocks):
+            partial = (batch_group * blocks + block).to(tl.int64) * size + m
+            dB += tl.load(dB_part_ptr + partial, mask=ok, other=0.0)
+            dC += tl.load(dC_part_ptr + partial, mask=ok, other=0.0)
+        matrix = batch_group.to(tl.int64) * size + m
+        tl.store(dB_ptr + matrix, dB.to(dB_ptr.dtype.element_ty), mask=ok)
+        tl.store(dC_ptr + matrix, dC.to(dC_ptr.dtype.element_ty), mask=ok)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("+")[0].split(".")[:2])
+
+
+# Triton 3.3 and later pass every parameter, constexprs included, to a compiled kernel's launcher
+_COMPILED_LAUNCH = _version(triton.__version__) >= (3, 3)
+
+
+class _Launcher:
+    """One kernel at one fixed configuration, launched through the binary Triton compiled at its first call.
+
+    ``kernel[grid](...)`` derives every argument's specialisation and looks the binary up at each call: 50-100 us
+    of host time per launch on the GPU machine, more than the kernels themselves take at short sequences
+    (docs/performance.md). A launcher belongs to one plan (shapes, dtypes and constants fixed, pointers 16-byte
+    aligned), so its binary fits every later call. Every call goes through ``kernel[grid]`` under Triton's
+    interpreter, which compiles no binary, and before Triton 3.3, whose launchers took the arguments in another form.
+    """
+
+    def __init__(self, kernel, grid: tuple[int, ...], device: int, options: dict, **constants):
+        names = kernel.arg_names[len(kernel.arg_names) - len(constants) :]
+        if set(names) != set(constants):
+            raise TypeError(f"{kernel}: constants {sorted(constants)} are not its last parameters {names}")
+        self.kernel, self.device, self.options, self.constants = kernel, device, options, constants
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        self.trailing = tuple(constants[name] for name in names)
+        self.compiled = None
+
+    def __call__(self, *args) -> None:
+        if self.compiled is None:
+            compiled = self.kernel[self.grid](*args, **self.constants, **self.options)
+            self.compiled = compiled if _COMPILED_LAUNCH else None
+        else:
+            stream = triton.runtime.driver.active.get_current_stream(self.device)
+            self.compiled[self.grid](*args, *self.trailing, stream=stream)
 
 
 class _Layout(NamedTuple):
@@ -426,10 +508,9 @@ class _Layout(NamedTuple):
     blocks: int
 
     def constants(self) -> dict:
-        return dict(BD=self.channels, NP=self.states, NL=self.lanes, num_warps=self.warps)
+        return dict(BD=self.channels, NP=self.states, NL=self.lanes)
 
 
-@functools.lru_cache(maxsize=None)
 def _layout(dstate: int, group_size: int, states_per_thread: int) -> _Layout:
     block_n = triton.next_power_of_2(dstate)
     states = min(block_n, max(states_per_thread, block_n // 32))
@@ -445,100 +526,156 @@ def _chunk_length(rows: int, length: int) -> int:
     return max(CHECKPOINT, min(chunk, MAX_CHUNK, triton.next_power_of_2(length)))
 
 
-def _as_groups(x: torch.Tensor) -> torch.Tensor:
-    """B or C as a contiguous (batch, groups, N, L) tensor."""
-    return (x.unsqueeze(1) if x.dim() == 3 else x).contiguous()
+def _workspace(*sizes: int) -> tuple[int, list[int]]:
+    """(total, split sizes) of fp32 regions in one buffer, each rounded up to 16 bytes so every region stays
+    aligned like the buffer."""
+    split = [-(-size // 4) * 4 for size in sizes]
+    return sum(split), split
+
+
+class _Plan:
+    """Everything fixed for one configuration of the operands: chunking, layouts, workspace regions and launchers.
+
+    Built at the first call with a configuration and reused: later calls allocate their workspace and outputs and
+    make three (forward) or four (backward) launches, and no other host work.
+    """
+
+    def __init__(self, batch, dim, length, dstate, groups, device, has_D, has_z, has_bias, softplus):
+        rows, group_size = batch * dim, dim // groups
+        chunk = _chunk_length(rows, length)
+        chunks = triton.cdiv(length, chunk)
+        spans = chunks * (chunk // CHECKPOINT)
+        self.shape, self.dstate = (batch, dim, length), dstate
+        flags = dict(HAS_BIAS=has_bias, SOFTPLUS=softplus, CHUNK=chunk, STEPS=STEPS)
+        operand_flags = dict(HAS_D=has_D, HAS_Z=has_z, **flags)
+
+        def walk(kernel, layout, max_registers=None, **constants):
+            """A launcher over (batch, group, channel block) x chunks, and the sizes it takes after its pointers."""
+            grid = (batch * groups * layout.blocks, chunks)
+            sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks)
+            options = dict(num_warps=layout.warps, maxnreg=max_registers)
+            return _Launcher(kernel, grid, device, options, **constants, **layout.constants()), sizes
+
+        forward, summary, gradient = (
+            _layout(dstate, group_size, states) for states in (FORWARD_STATES, SUMMARY_STATES, GRADIENT_STATES)
+        )
+        self.forward_summary, self.forward_sizes = walk(
+            _forward_summary_kernel, forward, FORWARD_SUMMARY_REGISTERS, **flags
+        )
+        self.forward_output, _ = walk(_forward_output_kernel, forward, **operand_flags)
+        self.backward_summary, self.summary_sizes = walk(
+            _backward_summary_kernel, summary, SPAN=CHECKPOINT, **operand_flags
+        )
+        self.gradient, self.gradient_sizes = walk(_backward_kernel, gradient, SPAN=CHECKPOINT, **operand_flags)
+        block_n = triton.next_power_of_2(dstate)
+        carry = dict(BLOCK_C=max(16, min(triton.next_power_of_2(chunks), 4096 // block_n)), BLOCK_N=block_n)
+        self.carry = {
+            reverse: _Launcher(_chunk_carry_kernel, (rows,), device, dict(num_warps=4), REVERSE=reverse, **carry)
+            for reverse in (False, True)
+        }
+        self.carry_sizes = (dim, chunks, dstate)
+        block_m = 1024
+        self.sums = _Launcher(
+            _sum_partials_kernel, (dim + batch * groups * triton.cdiv(dstate * length, block_m),), device,
+            dict(num_warps=4), HAS_D=has_D, HAS_BIAS=has_bias,
+            BLOCK_R=max(16, min(triton.next_power_of_2(batch * chunks), 4096 // block_n)), BLOCK_N=block_n,
+            BLOCK_M=block_m,
+        )  # fmt: skip
+        self.sums_sizes = (batch, dim, dstate, length, chunks, gradient.blocks)
+        states, per_chunk = rows * chunks * dstate, rows * chunks
+        # forward: chunk end states, sums of dt, entry states, final state; backward: checkpoints, adjoint summaries,
+        # incoming adjoints, the adjoint before the first chunk (unused), partial dA, dD, ddelta_bias, dB, dC
+        self.forward_workspace = _workspace(states, per_chunk, states, rows * dstate)
+        partial_matrix = batch * groups * gradient.blocks * dstate * length
+        self.backward_workspace = _workspace(
+            rows * spans * dstate, states, states, rows * dstate, states, per_chunk, per_chunk,
+            partial_matrix, partial_matrix,
+        )  # fmt: skip
+
+    def forward(self, u, delta, A, B, C, D, z, bias, return_last_state):
+        """(out, the chunks' sums of dt and entry states for the backward, last state or None)."""
+        total, split = self.forward_workspace
+        state, dtsum, entry, final = torch.empty(total, dtype=torch.float32, device=u.device).split(split)
+        out = torch.empty_like(u)
+        self.forward_summary(u, delta, A, B, bias, state, dtsum, *self.forward_sizes)
+        self.carry[False](A, dtsum, state, entry, final, *self.carry_sizes)
+        self.forward_output(u, delta, A, B, C, D, z, bias, entry, out, *self.forward_sizes)
+        if not return_last_state:
+            return out, dtsum, entry, None
+        batch, dim, _ = self.shape
+        return out, dtsum, entry, final[: batch * dim * self.dstate].view(batch, dim, self.dstate)
+
+    def backward(self, u, delta, A, B, C, D, z, bias, dtsum, entry, dout):
+        """Gradients of u, delta, A, B, C, D, z and delta_bias (None for absent operands)."""
+        total, split = self.backward_workspace
+        regions = torch.empty(total, dtype=torch.float32, device=u.device).split(split)
+        checkpoints, adjoint, incoming, first_adjoint, dA_part, dD_part, dbias_part, dB_part, dC_part = regions
+        operands = (u, delta, A, B, C, D, z, bias)
+        du, ddelta, dA, dB, dC = (torch.empty_like(x) for x in (u, delta, A, B, C))
+        dz, dD, dbias = (None if x is None else torch.empty_like(x) for x in (z, D, bias))
+        self.backward_summary(*operands, entry, dout, checkpoints, adjoint, *self.summary_sizes)
+        self.carry[True](A, dtsum, adjoint, incoming, first_adjoint, *self.carry_sizes)
+        self.gradient(
+            *operands, checkpoints, incoming, dout, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part,
+            *self.gradient_sizes,
+        )  # fmt: skip
+        self.sums(dA_part, dD_part, dbias_part, dB_part, dC_part, dA, dD, dbias, dB, dC, *self.sums_sizes)
+        return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+_PLANS: dict[tuple, _Plan] = {}
+
+
+def _plan(u, A, B, C, D, z, delta_bias, softplus: bool) -> _Plan:
+    """The plan for these operands, keyed by everything a kernel is specialised on (pointers are always 16-byte
+    aligned, and delta has u's dtype)."""
+    optional = tuple(None if x is None else x.dtype for x in (D, z, delta_bias))
+    groups = B.shape[1] if B.dim() == 4 else 1
+    key = (u.device.index, *u.shape, A.shape[1], groups, u.dtype, A.dtype, B.dtype, C.dtype, *optional, softplus)
+    plan = _PLANS.get(key)
+    if plan is None:
+        batch, dim, length = u.shape
+        plan = _PLANS[key] = _Plan(
+            batch, dim, length, A.shape[1], groups, u.device.index, D is not None, z is not None,
+            delta_bias is not None, softplus,
+        )  # fmt: skip
+    return plan
+
+
+def _aligned(x: torch.Tensor | None) -> torch.Tensor | None:
+    """``x`` contiguous and 16-byte aligned (a copy only for a misaligned view), as the plans' kernels assume."""
+    if x is None:
+        return None
+    x = x.contiguous()
+    return x if x.data_ptr() % 16 == 0 else x.clone()
+
+
+def _on_device(x: torch.Tensor):
+    """Make ``x``'s GPU the current one where it is not: Triton compiles for and launches on the current device."""
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
 
 
 class SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-        batch, dim, length = u.shape
-        dstate = A.shape[1]
-        grouped_B, grouped_C = _as_groups(B), _as_groups(C)
-        groups = grouped_B.shape[1]
-        u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
-        D, z, delta_bias = (None if x is None else x.contiguous() for x in (D, z, delta_bias))
-        chunk = _chunk_length(batch * dim, length)
-        chunks = triton.cdiv(length, chunk)
-        layout = _layout(dstate, dim // groups, FORWARD_STATES)
-        shapes = (dim, length, dstate, dim // groups, groups, layout.blocks, chunks)
-        flags = dict(
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), CHUNK=chunk, STEPS=STEPS, **layout.constants()
-        )
-        grid = (batch * groups * layout.blocks, chunks)
-        state = torch.empty(batch * dim, chunks, dstate, dtype=torch.float32, device=u.device)
-        dtsum = torch.empty(batch * dim, chunks, dtype=torch.float32, device=u.device)
-        _forward_summary_kernel[grid](u, delta, A, grouped_B, delta_bias, state, dtsum, *shapes, **flags)
-        entry, last_state = _chunk_carry(A, dtsum, state, reverse=False)
-        out = torch.empty_like(u)
-        _forward_output_kernel[grid](
-            u, delta, A, grouped_B, grouped_C, D, z, delta_bias, entry, out, *shapes,
-            HAS_D=D is not None, HAS_Z=z is not None, **flags,
-        )  # fmt: skip
-        ctx.save_for_backward(u, delta, A, grouped_B, grouped_C, D, z, delta_bias, entry, dtsum)
-        ctx.matrix_shapes = B.shape, C.shape
-        ctx.delta_softplus, ctx.chunk = bool(delta_softplus), chunk
+        operands = tuple(map(_aligned, (u, delta, A, B, C, D, z, delta_bias)))
+        u, delta, A, B, C, D, z, delta_bias = operands
+        plan = _plan(u, A, B, C, D, z, delta_bias, bool(delta_softplus))
+        with _on_device(u):
+            out, dtsum, entry, last_state = plan.forward(*operands, return_last_state)
+        ctx.save_for_backward(*operands, dtsum, entry)
+        ctx.plan = plan
         if not return_last_state:
             return out
-        last_state = last_state.view(batch, dim, dstate)
         ctx.mark_non_differentiable(last_state)
         return out, last_state
 
     @staticmethod
     def backward(ctx, dout, *unused):
-        u, delta, A, grouped_B, grouped_C, D, z, delta_bias, entry, dtsum = ctx.saved_tensors
-        batch, dim, length = u.shape
-        dstate = A.shape[1]
-        groups = grouped_B.shape[1]
-        group_size = dim // groups
-        dout = dout.contiguous()
-        chunk, chunks = ctx.chunk, entry.shape[1]
-        flags = dict(
-            HAS_D=D is not None,
-            HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.delta_softplus,
-            CHUNK=chunk,
-            STEPS=STEPS,
-            SPAN=CHECKPOINT,
-        )
-        operands = (u, delta, A, grouped_B, grouped_C, D, z, delta_bias)
-        summary_layout = _layout(dstate, group_size, SUMMARY_STATES)
-        checkpoints = torch.empty(batch * dim, chunks * (chunk // CHECKPOINT), dstate, dtype=torch.float32, device=u.device)
-        adjoint = torch.empty_like(entry)
-        _backward_summary_kernel[(batch * groups * summary_layout.blocks, chunks)](
-            *operands, entry, dout, checkpoints, adjoint,
-            dim, length, dstate, group_size, groups, summary_layout.blocks, chunks,
-            **flags, **summary_layout.constants(),
-        )  # fmt: skip
-        incoming, _ = _chunk_carry(A, dtsum, adjoint, reverse=True)
-        layout = _layout(dstate, group_size, GRADIENT_STATES)
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = None if z is None else torch.empty_like(z)
-        dA = torch.empty_like(entry)
-        per_chunk = torch.empty(2, batch * dim, chunks, dtype=torch.float32, device=u.device)
-        dBC = torch.empty(2, batch * groups, layout.blocks, dstate, length, dtype=torch.float32, device=u.device)
-        _backward_kernel[(batch * groups * layout.blocks, chunks)](
-            *operands, checkpoints, incoming, dout,
-            du, ddelta, dz, dA, dBC[0], dBC[1], per_chunk[0], per_chunk[1],
-            dim, length, dstate, group_size, groups, layout.blocks, chunks,
-            **flags, **layout.constants(),
-        )  # fmt: skip
-        dB, dC = dBC.sum(2)
-        dD, dbias = per_chunk.view(2, batch, dim, chunks).sum((1, 3))
-        return (
-            du,
-            ddelta,
-            dA.view(batch, dim, chunks, dstate).sum((0, 2)).to(A.dtype),
-            dB.reshape(ctx.matrix_shapes[0]).to(grouped_B.dtype),
-            dC.reshape(ctx.matrix_shapes[1]).to(grouped_C.dtype),
-            None if D is None else dD.to(D.dtype),
-            dz,
-            None if delta_bias is None else dbias.to(delta_bias.dtype),
-            None,
-            None,
-        )
+        with _on_device(dout):
+            return (*ctx.plan.backward(*ctx.saved_tensors, _aligned(dout)), None, None)
 
 
 def selective_scan_triton(

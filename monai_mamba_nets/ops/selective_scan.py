@@ -24,6 +24,10 @@ __all__ = ["selective_scan", "available_backends", "resolve_backend", "BACKEND_E
 BACKEND_ENV = "MONAI_MAMBA_SCAN_BACKEND"
 BACKENDS = ("auto", "torch", "cuda", "triton")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# From this sequence length on, `auto` takes the Triton kernels even where mamba-ssm's is installed: their
+# forward+backward is faster there on the H100, while shorter sequences are bound by Python's launch overhead,
+# which mamba-ssm's C++ host code does not pay (docs/performance.md).
+TRITON_FIRST_LENGTH = 32768
 # the widest state the triton kernels are tested at (a thread keeps up to 16 states of a channel in registers)
 _TRITON_MAX_DSTATE = 64
 
@@ -154,7 +158,8 @@ def available_backends() -> list[str]:
 
 def resolve_backend(backend: str, u, A, B, C, D=None, z=None, delta_bias=None) -> str:
     """The concrete backend a call runs on. ``auto`` defers to $MONAI_MAMBA_SCAN_BACKEND when it is set, and
-    otherwise takes the first of cuda, triton, torch that can run the tensors."""
+    otherwise takes the first of cuda, triton, torch that can run the tensors, with triton before cuda from
+    ``TRITON_FIRST_LENGTH`` steps on."""
     if backend == "auto":
         backend = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
         if backend not in BACKENDS:
@@ -162,10 +167,11 @@ def resolve_backend(backend: str, u, A, B, C, D=None, z=None, delta_bias=None) -
     elif backend not in BACKENDS:
         raise ValueError(f"selective_scan: `backend` must be one of {BACKENDS}, got {backend!r}.")
     if backend == "auto":
-        # mamba-ssm's kernel first: its forward+backward is faster than ours on most UNet shapes (docs/performance.md)
-        if _cuda_applicability(u, A, B, C, D, z, delta_bias) is None:
+        cuda = _cuda_applicability(u, A, B, C, D, z, delta_bias) is None
+        triton = _triton_applicability(u, A, B, C, D, z, delta_bias) is None
+        if cuda and not (triton and u.shape[-1] >= TRITON_FIRST_LENGTH):
             return "cuda"
-        return "triton" if _triton_applicability(u, A, B, C, D, z, delta_bias) is None else "torch"
+        return "triton" if triton else "torch"
     if backend == "cuda":
         reason = _cuda_applicability(u, A, B, C, D, z, delta_bias)
         if reason is not None:
@@ -205,7 +211,8 @@ def selective_scan(
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state (batch, dim, N) in the compute dtype (no gradient).
         backend: ``"auto"`` (default: mamba-ssm's kernel where it is importable and applicable, else the Triton
-            kernels on CUDA where Triton imports and the inputs suit them, else torch;
+            kernels on CUDA where Triton imports and the inputs suit them, else torch; the Triton kernels before
+            mamba-ssm's from ``TRITON_FIRST_LENGTH`` = 32768 steps on;
             $MONAI_MAMBA_SCAN_BACKEND overrides the choice), ``"torch"``, ``"cuda"`` or ``"triton"``.
 
     Returns:
