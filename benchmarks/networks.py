@@ -10,32 +10,19 @@ installed). A training step is forward, mean-square loss and backward. Prints me
 from __future__ import annotations
 
 import os
-import statistics
 
 import torch
 
-from monai_mamba_nets.ops import BACKEND_ENV, available_backends
+from mixer import median_ms  # the sibling script's: benchmarks/ is on sys.path when this one runs
+
 from monai_mamba_nets.nets import LightMUNet, MambaUNet
+from monai_mamba_nets.ops import BACKEND_ENV, available_backends
 
 CASES = [
     ("LightMUNet 3D", lambda: LightMUNet(3, 1, 3), (2, 1, 128, 128, 128)),
     ("LightMUNet 2D", lambda: LightMUNet(2, 1, 2), (8, 1, 512, 512)),
     ("MambaUNet 2D", lambda: MambaUNet(2, 1, 4), (8, 1, 224, 224)),
 ]
-
-
-def median_ms(fn, repeats: int = 7, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -58,7 +45,8 @@ def main() -> None:
 
         for backend in backends:
             os.environ[BACKEND_ENV] = backend
-            print(f"{name:14} {str(shape):22} {backend:7} {median_ms(train):14.2f} {median_ms(infer):13.2f}", flush=True)
+            train_ms, infer_ms = median_ms(train, 7, warmup=2), median_ms(infer, 7, warmup=2)
+            print(f"{name:14} {str(shape):22} {backend:7} {train_ms:14.2f} {infer_ms:13.2f}", flush=True)
         del net, x
         torch.cuda.empty_cache()
 

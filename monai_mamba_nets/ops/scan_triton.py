@@ -30,8 +30,9 @@ No (batch, dim, L, N) tensor is written to memory. dB and dC are summed over a p
 registers and over channel blocks by the sums kernel; dA, dD and ddelta_bias per chunk, then over chunks and
 batch by the sums kernel: every reduction has a fixed order, so gradients are deterministic. Only products of
 decays are formed, never quotients, which keeps the scan exact to fp32 rounding when the cumulative decay
-underflows (kernels.md, section 4). The reverse scan runs as a forward scan over the flipped sub-tile: flipping steps that live in one
-thread's registers costs nothing, while ``associative_scan(reverse=True)`` emits warp shuffles.
+underflows (kernels.md, section 4). The reverse scan runs as a forward scan over the flipped sub-tile: flipping
+steps that live in one thread's registers costs nothing, while ``associative_scan(reverse=True)`` emits warp
+shuffles.
 
 Host side. Launching through ``kernel[grid]`` costs more host time than the kernels take on short sequences, so
 the first call with a configuration of the operands builds a ``_Plan`` (chunking, layouts, workspace sizes, one

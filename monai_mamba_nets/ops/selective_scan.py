@@ -147,6 +147,11 @@ def _triton_applicability(u, A, B, C, D, z, delta_bias) -> str | None:
     return None
 
 
+def _applicability(backend: str, *operands) -> str | None:
+    """Why ``backend`` ("cuda" or "triton") cannot run these operands, or None when it can."""
+    return (_cuda_applicability if backend == "cuda" else _triton_applicability)(*operands)
+
+
 def available_backends() -> list[str]:
     """Backends that can run on this machine (``cuda`` and ``triton`` only with a GPU and, for ``cuda``,
     mamba-ssm's extension; for ``triton``, an importable Triton)."""
@@ -167,19 +172,16 @@ def resolve_backend(backend: str, u, A, B, C, D=None, z=None, delta_bias=None) -
     elif backend not in BACKENDS:
         raise ValueError(f"selective_scan: `backend` must be one of {BACKENDS}, got {backend!r}.")
     if backend == "auto":
-        cuda = _cuda_applicability(u, A, B, C, D, z, delta_bias) is None
-        triton = _triton_applicability(u, A, B, C, D, z, delta_bias) is None
-        if cuda and not (triton and u.shape[-1] >= TRITON_FIRST_LENGTH):
-            return "cuda"
-        return "triton" if triton else "torch"
-    if backend == "cuda":
-        reason = _cuda_applicability(u, A, B, C, D, z, delta_bias)
+        preference = ("triton", "cuda") if u.shape[-1] >= TRITON_FIRST_LENGTH else ("cuda", "triton")
+        for name in preference:
+            if _applicability(name, u, A, B, C, D, z, delta_bias) is None:
+                return name
+        return "torch"
+    if backend in ("cuda", "triton"):
+        reason = _applicability(backend, u, A, B, C, D, z, delta_bias)
         if reason is not None:
-            raise RuntimeError(f"selective_scan: backend 'cuda' cannot run here: {reason}; {INSTALL_HINT}.")
-    if backend == "triton":
-        reason = _triton_applicability(u, A, B, C, D, z, delta_bias)
-        if reason is not None:
-            raise RuntimeError(f"selective_scan: backend 'triton' cannot run here: {reason}.")
+            hint = f"; {INSTALL_HINT}" if backend == "cuda" else ""
+            raise RuntimeError(f"selective_scan: backend '{backend}' cannot run here: {reason}{hint}.")
     return backend
 
 
