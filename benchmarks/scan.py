@@ -2,12 +2,14 @@
 
     python benchmarks/scan.py                     # CPU: torch backend vs the loop under autograd
     python benchmarks/scan.py --device cuda       # GPU: every available backend
+    python benchmarks/scan.py --device cuda --graph   # GPU time alone: each call replayed from a CUDA graph
 
 Prints medians over ``--repeats`` runs, forward and forward+backward, with the extra peak memory of one call
 (CPU: resident-set growth measured in a fresh process per case; GPU: ``torch.cuda.max_memory_allocated``)
 and the effective bandwidth (bytes of u, delta, B, C, z read and y written, divided by the time). CPU times are
 host wall-clock; GPU times are CUDA-event times of one call each, with the L2 cache flushed before it (so the
-Python launch overhead counts only where the GPU would wait for it).
+Python launch overhead counts only where the GPU would wait for it). With ``--graph``, each call is captured once in
+a CUDA graph and its replays are timed: GPU time alone, without the host's launch costs, and with a warm L2.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def run_case(backend: str, shape, device: str, dtype: torch.dtype, backward: bool, repeats: int) -> dict:
+def run_case(
+    backend: str, shape, device: str, dtype: torch.dtype, backward: bool, repeats: int, graph: bool = False
+) -> dict:
     """One (backend, shape, mode): median seconds and extra peak bytes of one call over the inputs' footprint."""
     torch.manual_seed(0)
     tensors = _inputs(shape, device, dtype, requires_grad=backward)
@@ -83,8 +87,11 @@ def run_case(backend: str, shape, device: str, dtype: torch.dtype, backward: boo
             _call(backend, tensors, backward)
             # ru_maxrss is the process's high-water mark in KiB: this process is fresh, so it is this call's peak
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        timer = _gpu_seconds if device == "cuda" else _host_seconds
-        times = [timer(backend, tensors, backward) for _ in range(repeats)]
+        if graph:
+            times = _graph_seconds(backend, tensors, backward, repeats)
+        else:
+            timer = _gpu_seconds if device == "cuda" else _host_seconds
+            times = [timer(backend, tensors, backward) for _ in range(repeats)]
     return {"seconds": statistics.median(times), "peak_bytes": max(0, peak)}
 
 
@@ -109,6 +116,28 @@ def _gpu_seconds(backend, tensors, backward) -> float:
     return start.elapsed_time(end) / 1e3
 
 
+def _graph_seconds(backend, tensors, backward, repeats) -> list[float]:
+    """GPU times of ``repeats`` replays of one call captured in a CUDA graph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # capture needs its warm-up off the default stream
+        for _ in range(2):
+            _call(backend, tensors, backward)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _call(backend, tensors, backward)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return times
+
+
 def _run_isolated(args) -> dict:
     """CPU cases run in a fresh process so that the resident-set high-water mark belongs to them alone."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -128,14 +157,18 @@ def main() -> None:
     parser.add_argument("--backends", nargs="*", help="default: every available backend, and the loop on CPU")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--graph", action="store_true", help="GPU: time replays of a CUDA graph (no host overhead)")
     args = parser.parse_args()
+    if args.graph and args.device != "cuda":
+        parser.error("--graph needs --device cuda")
     dtype = getattr(torch, args.dtype)
     shapes = GPU_SHAPES if args.device == "cuda" else CPU_SHAPES
     backends = args.backends or (
         [b for b in available_backends() if args.device == "cuda" or b == "torch"] + (["loop"] if args.device == "cpu" else [])
     )
     print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, dtype {args.dtype}, medians of {args.repeats}")
+          f"threads {torch.get_num_threads()}, dtype {args.dtype}, medians of {args.repeats}"
+          + (", CUDA-graph replays" if args.graph else ""))
     # GPU calls take fractions of a millisecond: print milliseconds there
     unit, scale = ("ms", 1e3) if args.device == "cuda" else ("s", 1.0)
     print(f"{'backend':8} {'(B, D, L, N)':22} {'fwd ' + unit:>10} {'fwd GB/s':>9} {'fwd+bwd ' + unit:>10} {'peak MB fwd':>12} {'peak MB f+b':>12}")
@@ -148,7 +181,7 @@ def main() -> None:
             row = {}
             for backward in (False, True):
                 repeats = 1 if backend == "loop" else args.repeats
-                case = (backend, shape, args.device, dtype, backward, repeats)
+                case = (backend, shape, args.device, dtype, backward, repeats, args.graph)
                 row[backward] = run_case(*case) if args.device == "cuda" else _run_isolated(case)
             results[backend, shape] = row
             fwd, both = row[False], row[True]
