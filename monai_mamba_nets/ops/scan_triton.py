@@ -114,10 +114,13 @@ def _softplus(x):
 
 
 @triton.jit
-def _program(dim, length, dstate, group_size, groups, blocks, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr):
+def _program(
+    dim, length, dstate, group_size, groups, blocks,
+    STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
+):  # fmt: skip
     """Where the program works: rows (batch * dim + channel) and sequence offsets as (1, NL, BD, 1) tiles, channel
-    index and mask as (1, 1, BD, 1), state indices and mask as (1, NL, 1, NP) tiles, and the offset of its
-    group's B and C."""
+    index and mask as (1, 1, BD, 1), state indices and mask as (1, NL, 1, NP) tiles, the offset of its group's B
+    and C, its chunk, and the step offsets of a sub-tile as (STEPS, 1, 1, 1)."""
     program = tl.program_id(0)
     batch_group, block = program // blocks, program % blocks
     batch, group = batch_group // groups, batch_group % groups
@@ -129,7 +132,8 @@ def _program(dim, length, dstate, group_size, groups, blocks, BD: tl.constexpr, 
     row = batch * dim + channel + tl.zeros([1, NL, 1, 1], tl.int32)
     n = tl.arange(0, NL)[None, :, None, None] * NP + tl.arange(0, NP)[None, None, None, :]
     group_offset = batch_group.to(tl.int64) * dstate * length
-    return row, row.to(tl.int64) * length, channel, channel_ok, n, n < dstate, group_offset
+    step = tl.arange(0, STEPS)[:, None, None, None]
+    return row, row.to(tl.int64) * length, channel, channel_ok, n, n < dstate, group_offset, tl.program_id(1), step
 
 
 @triton.jit
@@ -142,6 +146,13 @@ def _channel_tile(ptr, channel, channel_ok, n, n_ok, dstate):
 def _per_channel(ptr, channel, channel_ok, PRESENT: tl.constexpr):
     """A (dim,) operand (D, delta_bias) at the program's channels in fp32, or 0 where the operand is absent."""
     return tl.load(ptr + channel, mask=channel_ok, other=0.0).to(tl.float32) if PRESENT else 0.0
+
+
+@triton.jit
+def _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS: tl.constexpr):
+    """The program's A tile and delta_bias, which every walk over the sequence discretises with."""
+    A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
+    return A, _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
 
 
 @triton.jit
@@ -212,13 +223,10 @@ def _forward_summary_kernel(
     CHUNK: tl.constexpr, STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
     """End state from a zero state and sum of dt of one chunk: (rows, chunks, N) and (rows, chunks)."""
-    row, seq, channel, channel_ok, n, n_ok, group_offset = _program(
-        dim, length, dstate, group_size, groups, blocks, BD, NP, NL
+    row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
+        dim, length, dstate, group_size, groups, blocks, STEPS, BD, NP, NL
     )
-    c = tl.program_id(1)
-    step = tl.arange(0, STEPS)[:, None, None, None]
-    A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
-    bias = _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
+    A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     h = tl.zeros([1, NL, BD, NP], tl.float32)
     dtsum = tl.zeros([1, NL, BD, 1], tl.float32)
     for start in range(0, CHUNK, STEPS):
@@ -241,13 +249,10 @@ def _forward_output_kernel(
     CHUNK: tl.constexpr, STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
     """One chunk from its entry state: out = (C h + D u) * silu(z)."""
-    row, seq, channel, channel_ok, n, n_ok, group_offset = _program(
-        dim, length, dstate, group_size, groups, blocks, BD, NP, NL
+    row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
+        dim, length, dstate, group_size, groups, blocks, STEPS, BD, NP, NL
     )
-    c = tl.program_id(1)
-    step = tl.arange(0, STEPS)[:, None, None, None]
-    A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
-    bias = _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
+    A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
     h = tl.load(entry_ptr + (row * chunks + c) * dstate + n, mask=channel_ok & n_ok, other=0.0)
     for start in range(0, CHUNK, STEPS):
@@ -307,14 +312,11 @@ def _backward_summary_kernel(
 ):  # fmt: skip
     """One chunk forward from its entry state: the states at the start of every SPAN steps, and the adjoint
     leaving the chunk's start from a zero adjoint after it, sum_t (prod_{k <= t} a_k) dy_t C_t."""
-    row, seq, channel, channel_ok, n, n_ok, group_offset = _program(
-        dim, length, dstate, group_size, groups, blocks, BD, NP, NL
+    row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
+        dim, length, dstate, group_size, groups, blocks, STEPS, BD, NP, NL
     )
-    c = tl.program_id(1)
-    step = tl.arange(0, STEPS)[:, None, None, None]
     mask = channel_ok & n_ok
-    A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
-    bias = _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
+    A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
     h = tl.load(entry_ptr + (row * chunks + c) * dstate + n, mask=mask, other=0.0)
     adjoint = tl.zeros([1, NL, BD, NP], tl.float32)
@@ -353,15 +355,12 @@ def _backward_kernel(
     dB = sum_d g dt u, dC = sum_d dy h. dA, dD and ddelta_bias are written per (row, chunk); dB and dC per
     (batch, group, channel block).
     """
-    row, seq, channel, channel_ok, n, n_ok, group_offset = _program(
-        dim, length, dstate, group_size, groups, blocks, BD, NP, NL
+    row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
+        dim, length, dstate, group_size, groups, blocks, STEPS, BD, NP, NL
     )
-    c = tl.program_id(1)
-    step = tl.arange(0, STEPS)[:, None, None, None]
     sub_tile = tl.arange(0, SPAN // STEPS)[:, None, None, None]
     mask = channel_ok & n_ok
-    A = _channel_tile(A_ptr, channel, channel_ok, n, n_ok, dstate)
-    bias = _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
+    A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
     partial = tl.program_id(0).to(tl.int64) * dstate * length
     # the adjoint entering the sub-tile from the right, times the decay of its first step: a_{t+1} g_{t+1}
