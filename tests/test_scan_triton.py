@@ -198,12 +198,15 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         dict(batch=1, dim=6, length=37, dstate=5, groups=3, dtype=torch.float32),
         dict(batch=1, dim=4, length=200, dstate=16, groups=None, dtype=torch.float32),
         dict(batch=2, dim=4, length=1, dstate=4, groups=2, dtype=torch.float32),
-        dict(batch=1, dim=2, length=45, dstate=64, groups=None, dtype=torch.float32),
+        dict(batch=1, dim=4, length=45, dstate=64, groups=None, dtype=torch.float32),
         dict(batch=1, dim=4, length=29, dstate=4, groups=None, dtype=torch.bfloat16),
     ]
-    for case, threads in zip(cases, (65536, 65536, 8, 65536, 65536, 65536)):
-        # few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans)
-        scan_triton.FORWARD_THREADS = threads
+    threads = (65536, 65536, 8, 65536, 65536, 65536)
+    programs = (1024, 1024, 1024, 1024, 1, 1024)
+    for case, forward_threads, gradient_programs in zip(cases, threads, programs):
+        # few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans); few gradient
+        # programs wanted: each takes both channel blocks of the fifth case (2 channels per block at N = 64)
+        scan_triton.FORWARD_THREADS, scan_triton.GRADIENT_PROGRAMS = forward_threads, gradient_programs
         ops = scan_operands(**case, seed=case["length"])
         grad_out = torch.randn(case["batch"], case["dim"], case["length"])
         results = []

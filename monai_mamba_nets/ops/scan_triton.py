@@ -59,6 +59,10 @@ GRADIENT_STATES = 4
 # one warp per gradient program: dB and dC are then summed over its channels with shuffles alone (with 4 warps, the
 # cross-warp sums through shared memory made the kernel 25 % slower on the H100)
 GRADIENT_WARPS = 1
+# a gradient program takes several channel blocks one after another, adding their dB and dC up in place, as long as
+# this many programs remain (about one wave of one-warp programs of ~250 registers on an H100: 132 SMs x 8): fewer
+# partial dB and dC to write, hold and sum
+GRADIENT_PROGRAMS = 1024
 # chunks are sized so that about this many threads run the forward; fewer and longer chunks mean fewer
 # chunk summaries to write and carry
 FORWARD_THREADS = 65536
@@ -115,14 +119,15 @@ def _softplus(x):
 
 @triton.jit
 def _program(
-    dim, length, dstate, group_size, groups, blocks,
-    STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
+    dim, length, dstate, group_size, groups, blocks, part,
+    STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """Where the program works: rows (batch * dim + channel) and sequence offsets as (1, NL, BD, 1) tiles, channel
     index and mask as (1, 1, BD, 1), state indices and mask as (1, NL, 1, NP) tiles, the offset of its group's B
-    and C, its chunk, and the step offsets of a sub-tile as (STEPS, 1, 1, 1)."""
+    and C, its chunk, and the step offsets of a sub-tile as (STEPS, 1, 1, 1). A program takes FOLD of the group's
+    ``blocks`` channel blocks, one after another; ``part`` is the one it is at."""
     program = tl.program_id(0)
-    batch_group, block = program // blocks, program % blocks
+    batch_group, block = program // (blocks // FOLD), program % (blocks // FOLD) * FOLD + part
     batch, group = batch_group // groups, batch_group % groups
     lane = block * BD + tl.arange(0, BD)[None, None, :, None]
     channel_ok = lane < group_size
@@ -224,7 +229,7 @@ def _forward_summary_kernel(
 ):  # fmt: skip
     """End state from a zero state and sum of dt of one chunk: (rows, chunks, N) and (rows, chunks)."""
     row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
-        dim, length, dstate, group_size, groups, blocks, STEPS, BD, NP, NL
+        dim, length, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
     )
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     h = tl.zeros([1, NL, BD, NP], tl.float32)
@@ -250,7 +255,7 @@ def _forward_output_kernel(
 ):  # fmt: skip
     """One chunk from its entry state: out = (C h + D u) * silu(z)."""
     row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
-        dim, length, dstate, group_size, groups, blocks, STEPS, BD, NP, NL
+        dim, length, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
     )
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
@@ -313,7 +318,7 @@ def _backward_summary_kernel(
     """One chunk forward from its entry state: the states at the start of every SPAN steps, and the adjoint
     leaving the chunk's start from a zero adjoint after it, sum_t (prod_{k <= t} a_k) dy_t C_t."""
     row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
-        dim, length, dstate, group_size, groups, blocks, STEPS, BD, NP, NL
+        dim, length, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
     )
     mask = channel_ok & n_ok
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
@@ -348,15 +353,40 @@ def _backward_kernel(
     dim, length, dstate, group_size, groups, blocks, chunks,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
+    FOLD: tl.constexpr,
 ):  # fmt: skip
-    """All gradients of one chunk of a block of channels, walking its spans from the last.
+    """All gradients of one chunk of FOLD blocks of channels, one block after another.
+
+    dA, dD and ddelta_bias are written per (row, chunk); dB and dC, summed over the channels of the FOLD blocks,
+    per (batch, group, group of FOLD blocks).
+    """
+    for part in range(FOLD):
+        _block_gradients(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
+            du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+            dim, length, dstate, group_size, groups, blocks, chunks, part,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, CHUNK, STEPS, SPAN, BD, NP, NL, FOLD,
+        )  # fmt: skip
+        if FOLD > 1:
+            tl.debug_barrier()  # the next block adds to the dB and dC stored by other threads
+
+
+@triton.jit
+def _block_gradients(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    dim, length, dstate, group_size, groups, blocks, chunks, part,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
+    FOLD: tl.constexpr,
+):  # fmt: skip
+    """All gradients of one chunk of the program's channel block ``part``, walking its spans from the last.
 
     With a_t h_{t-1} = h_t - b_t: dA = sum dt g (h - b), ddt = sum_n g (A (h - b) + B u), du = dt sum_n g B + D dy,
-    dB = sum_d g dt u, dC = sum_d dy h. dA, dD and ddelta_bias are written per (row, chunk); dB and dC per
-    (batch, group, channel block).
+    dB = sum_d g dt u, dC = sum_d dy h. dB and dC are added to those of the program's earlier blocks.
     """
     row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
-        dim, length, dstate, group_size, groups, blocks, STEPS, BD, NP, NL
+        dim, length, dstate, group_size, groups, blocks, part, STEPS, BD, NP, NL, FOLD
     )
     sub_tile = tl.arange(0, SPAN // STEPS)[:, None, None, None]
     mask = channel_ok & n_ok
@@ -373,13 +403,15 @@ def _backward_kernel(
         span = (c + 1) * spans - 1 - back
         h = tl.load(checkpoint_ptr + (row * chunks * spans + span) * dstate + n, mask=mask, other=0.0)
         entries = tl.zeros([SPAN // STEPS, NL, BD, NP], tl.float32)
-        for k in range(SPAN // STEPS):
+        # the states entering the span's sub-tiles: the last sub-tile's end state is not needed
+        for k in range(SPAN // STEPS - 1):
             entries = tl.where(sub_tile == k, h, entries)
             t = span * SPAN + k * STEPS + step
             _, _, _, _, _, _, _, hs = _sub_tile(
                 u_ptr, delta_ptr, B_ptr, bias, A, h, seq, group_offset, t, n, n_ok, length, channel_ok, step, SOFTPLUS
             )
             h = _step(hs, step, STEPS - 1)
+        entries = tl.where(sub_tile == SPAN // STEPS - 1, h, entries)
         for back_k in range(SPAN // STEPS):
             k = SPAN // STEPS - 1 - back_k
             t = span * SPAN + k * STEPS + step
@@ -410,8 +442,14 @@ def _backward_kernel(
             dbias += tl.sum(ddt, 0, keep_dims=True)
             matrix = partial + n * length + t
             matrix_ok = n_ok & (t < length)
-            tl.store(dB_ptr + matrix, tl.sum(g * (dt * u), 2, keep_dims=True), mask=matrix_ok)
-            tl.store(dC_ptr + matrix, tl.sum(dy * hs, 2, keep_dims=True), mask=matrix_ok)
+            dB = tl.sum(g * (dt * u), 2, keep_dims=True)
+            dC = tl.sum(dy * hs, 2, keep_dims=True)
+            if FOLD > 1:
+                earlier = matrix_ok & (part > 0)
+                dB += tl.load(dB_ptr + matrix, mask=earlier, other=0.0)
+                dC += tl.load(dC_ptr + matrix, mask=earlier, other=0.0)
+            tl.store(dB_ptr + matrix, dB, mask=matrix_ok)
+            tl.store(dC_ptr + matrix, dC, mask=matrix_ok)
     summary = row * chunks + c
     tl.store(dA_ptr + summary * dstate + n, dA, mask=mask)
     if HAS_D:
@@ -423,13 +461,15 @@ def _backward_kernel(
 @triton.jit
 def _sum_partials_kernel(
     dA_part_ptr, dD_part_ptr, dbias_part_ptr, dB_part_ptr, dC_part_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
-    batch, dim, dstate, length, chunks, blocks,
-    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    batch, dim, dstate, length, chunks, partials,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """Sums of the per-program partial gradients, in a fixed order, cast to the operands' dtypes.
 
     The first ``dim`` programs take one channel each: dA, dD and ddelta_bias over batch and chunks. The others take
-    BLOCK_M entries of one (batch, group)'s dB and dC each, summed over the channel blocks.
+    BLOCK_M entries of one (batch, group)'s dB and dC each, summed over its ``partials`` (one per gradient program),
+    BLOCK_P at a time: loads in flight together instead of one dependent load per partial.
     """
     program = tl.program_id(0)
     if program < dim:
@@ -460,15 +500,17 @@ def _sum_partials_kernel(
         batch_group, tile = (program - dim) // tiles, (program - dim) % tiles
         m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         ok = m < size
-        dB = tl.zeros([BLOCK_M], tl.float32)
-        dC = tl.zeros([BLOCK_M], tl.float32)
-        for block in range(blocks):
-            partial = (batch_group * blocks + block).to(tl.int64) * size + m
-            dB += tl.load(dB_part_ptr + partial, mask=ok, other=0.0)
-            dC += tl.load(dC_part_ptr + partial, mask=ok, other=0.0)
+        dB = tl.zeros([BLOCK_P, BLOCK_M], tl.float32)
+        dC = tl.zeros([BLOCK_P, BLOCK_M], tl.float32)
+        for start in range(0, partials, BLOCK_P):
+            index = start + tl.arange(0, BLOCK_P)[:, None]
+            partial = (batch_group * partials + index).to(tl.int64) * size + m[None, :]
+            mask = (index < partials) & ok[None, :]
+            dB += tl.load(dB_part_ptr + partial, mask=mask, other=0.0)
+            dC += tl.load(dC_part_ptr + partial, mask=mask, other=0.0)
         matrix = batch_group.to(tl.int64) * size + m
-        tl.store(dB_ptr + matrix, dB.to(dB_ptr.dtype.element_ty), mask=ok)
-        tl.store(dC_ptr + matrix, dC.to(dC_ptr.dtype.element_ty), mask=ok)
+        tl.store(dB_ptr + matrix, tl.sum(dB, 0).to(dB_ptr.dtype.element_ty), mask=ok)
+        tl.store(dC_ptr + matrix, tl.sum(dC, 0).to(dC_ptr.dtype.element_ty), mask=ok)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -504,7 +546,13 @@ class _Launcher:
             self.compiled = compiled if _COMPILED_LAUNCH else None
         else:
             stream = triton.runtime.driver.active.get_current_stream(self.device)
-            self.compiled[self.grid](*args, *self.trailing, stream=stream)
+            self.compiled[self.grid](*map(_address, args), *self.trailing, stream=stream)
+
+
+def _address(arg):
+    """A tensor's address as an int, which spares the compiled launcher a driver call per tensor to check it (3-4 us
+    per launch on the GPU machine's host); the op has checked its tensors' device already."""
+    return arg.data_ptr() if isinstance(arg, torch.Tensor) else arg
 
 
 class _Layout(NamedTuple):
@@ -528,6 +576,13 @@ def _layout(dstate: int, group_size: int, states_per_thread: int, max_warps: int
     warps = min(max_warps, triton.next_power_of_2(triton.cdiv(group_size * lanes, 32)))
     channels = warps * 32 // lanes
     return _Layout(states, lanes, channels, warps, triton.cdiv(group_size, channels))
+
+
+def _fold(blocks: int, programs: int) -> int:
+    """Channel blocks per gradient program: the largest divisor of ``blocks`` that leaves GRADIENT_PROGRAMS of the
+    ``programs`` one-block programs, or 1."""
+    folds = [fold for fold in range(2, blocks + 1) if blocks % fold == 0 and programs // fold >= GRADIENT_PROGRAMS]
+    return max(folds, default=1)
 
 
 def _chunk_length(rows: int, length: int) -> int:
@@ -559,9 +614,10 @@ class _Plan:
         flags = dict(HAS_BIAS=has_bias, SOFTPLUS=softplus, CHUNK=chunk, STEPS=STEPS)
         operand_flags = dict(HAS_D=has_D, HAS_Z=has_z, **flags)
 
-        def walk(kernel, layout, max_registers=None, **constants):
-            """A launcher over (batch, group, channel block) x chunks, and the sizes it takes after its pointers."""
-            grid = (batch * groups * layout.blocks, chunks)
+        def walk(kernel, layout, max_registers=None, fold=1, **constants):
+            """A launcher over (batch, group, ``fold`` channel blocks) x chunks, and the sizes it takes after its
+            pointers."""
+            grid = (batch * groups * layout.blocks // fold, chunks)
             sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks)
             options = dict(num_warps=layout.warps, maxnreg=max_registers)
             return _Launcher(kernel, grid, device, options, **constants, **layout.constants()), sizes
@@ -575,7 +631,10 @@ class _Plan:
         self.backward_summary, self.summary_sizes = walk(
             _backward_summary_kernel, summary, SPAN=CHECKPOINT, **operand_flags
         )
-        self.gradient, self.gradient_sizes = walk(_backward_kernel, gradient, SPAN=CHECKPOINT, **operand_flags)
+        fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks)
+        self.gradient, self.gradient_sizes = walk(
+            _backward_kernel, gradient, fold=fold, SPAN=CHECKPOINT, FOLD=fold, **operand_flags
+        )
         block_n = triton.next_power_of_2(dstate)
         carry = dict(BLOCK_C=max(16, min(triton.next_power_of_2(chunks), 4096 // block_n)), BLOCK_N=block_n)
         self.carry = {
@@ -583,19 +642,21 @@ class _Plan:
             for reverse in (False, True)
         }
         self.carry_sizes = (dim, chunks, dstate)
-        block_m = 1024
+        partials = gradient.blocks // fold
+        block_p = min(triton.next_power_of_2(partials), 8)
+        block_m = 4096 // block_p
         self.sums = _Launcher(
             _sum_partials_kernel, (dim + batch * groups * triton.cdiv(dstate * length, block_m),), device,
             dict(num_warps=4), HAS_D=has_D, HAS_BIAS=has_bias,
             BLOCK_R=max(16, min(triton.next_power_of_2(batch * chunks), 4096 // block_n)), BLOCK_N=block_n,
-            BLOCK_M=block_m,
+            BLOCK_P=block_p, BLOCK_M=block_m,
         )  # fmt: skip
-        self.sums_sizes = (batch, dim, dstate, length, chunks, gradient.blocks)
+        self.sums_sizes = (batch, dim, dstate, length, chunks, partials)
         states, per_chunk = rows * chunks * dstate, rows * chunks
         # forward: chunk end states, sums of dt, entry states, final state; backward: checkpoints, adjoint summaries,
         # incoming adjoints, the adjoint before the first chunk (unused), partial dA, dD, ddelta_bias, dB, dC
         self.forward_workspace = _workspace(states, per_chunk, states, rows * dstate)
-        partial_matrix = batch * groups * gradient.blocks * dstate * length
+        partial_matrix = batch * groups * partials * dstate * length
         self.backward_workspace = _workspace(
             rows * spans * dstate, states, states, rows * dstate, states, per_chunk, per_chunk,
             partial_matrix, partial_matrix,
