@@ -200,12 +200,14 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         dict(batch=2, dim=4, length=1, dstate=4, groups=2, dtype=torch.float32),
         dict(batch=1, dim=4, length=45, dstate=64, groups=None, dtype=torch.float32),
         dict(batch=1, dim=4, length=29, dstate=4, groups=None, dtype=torch.bfloat16),
+        dict(batch=1, dim=4, length=45, dstate=64, groups=None, dtype=torch.float32),
     ]
-    threads = (65536, 65536, 8, 65536, 65536, 65536)
-    programs = (1024, 1024, 1024, 1024, 1, 1024)
+    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536)
+    programs = (1024, 1024, 1024, 1024, 1024, 1024, 1)
     for case, forward_threads, gradient_programs in zip(cases, threads, programs):
-        # few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans); few gradient
-        # programs wanted: each takes both channel blocks of the fifth case (2 channels per block at N = 64)
+        # few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans). N = 64 gives
+        # 2 channels per gradient program: two partial dB and dC to sum in the fifth case, and in the last, where few
+        # programs are wanted, one program taking both blocks and adding up their dB and dC in place
         scan_triton.FORWARD_THREADS, scan_triton.GRADIENT_PROGRAMS = forward_threads, gradient_programs
         ops = scan_operands(**case, seed=case["length"])
         grad_out = torch.randn(case["batch"], case["dim"], case["length"])

@@ -605,7 +605,7 @@ class _Plan:
     make three (forward) or four (backward) launches, and no other host work.
     """
 
-    def __init__(self, batch, dim, length, dstate, groups, device, has_D, has_z, has_bias, softplus):
+    def __init__(self, batch, dim, length, dstate, groups, device, has_D, has_z, has_bias, softplus, fp32_matrices):
         rows, group_size = batch * dim, dim // groups
         chunk = _chunk_length(rows, length)
         chunks = triton.cdiv(length, chunk)
@@ -643,10 +643,13 @@ class _Plan:
         }
         self.carry_sizes = (dim, chunks, dstate)
         partials = gradient.blocks // fold
+        # one gradient program per (batch, group, chunk): its dB and dC are the sums, written in place where fp32
+        self.direct_matrices = partials == 1 and fp32_matrices
         block_p = min(triton.next_power_of_2(partials), 8)
         block_m = 4096 // block_p
+        matrix_programs = 0 if self.direct_matrices else batch * groups * triton.cdiv(dstate * length, block_m)
         self.sums = _Launcher(
-            _sum_partials_kernel, (dim + batch * groups * triton.cdiv(dstate * length, block_m),), device,
+            _sum_partials_kernel, (dim + matrix_programs,), device,
             dict(num_warps=4), HAS_D=has_D, HAS_BIAS=has_bias,
             BLOCK_R=max(16, min(triton.next_power_of_2(batch * chunks), 4096 // block_n)), BLOCK_N=block_n,
             BLOCK_P=block_p, BLOCK_M=block_m,
@@ -656,7 +659,7 @@ class _Plan:
         # forward: chunk end states, sums of dt, entry states, final state; backward: checkpoints, adjoint summaries,
         # incoming adjoints, the adjoint before the first chunk (unused), partial dA, dD, ddelta_bias, dB, dC
         self.forward_workspace = _workspace(states, per_chunk, states, rows * dstate)
-        partial_matrix = batch * groups * partials * dstate * length
+        partial_matrix = 0 if self.direct_matrices else batch * groups * partials * dstate * length
         self.backward_workspace = _workspace(
             rows * spans * dstate, states, states, rows * dstate, states, per_chunk, per_chunk,
             partial_matrix, partial_matrix,
@@ -683,6 +686,8 @@ class _Plan:
         operands = (u, delta, A, B, C, D, z, bias)
         du, ddelta, dA, dB, dC = (torch.empty_like(x) for x in (u, delta, A, B, C))
         dz, dD, dbias = (None if x is None else torch.empty_like(x) for x in (z, D, bias))
+        if self.direct_matrices:
+            dB_part, dC_part = dB, dC
         self.backward_summary(*operands, entry, dout, checkpoints, adjoint, *self.summary_sizes)
         self.carry[True](A, dtsum, adjoint, incoming, first_adjoint, *self.carry_sizes)
         self.gradient(
@@ -707,7 +712,7 @@ def _plan(u, A, B, C, D, z, delta_bias, softplus: bool) -> _Plan:
         batch, dim, length = u.shape
         plan = _PLANS[key] = _Plan(
             batch, dim, length, A.shape[1], groups, u.device.index, D is not None, z is not None,
-            delta_bias is not None, softplus,
+            delta_bias is not None, softplus, B.dtype == C.dtype == torch.float32,
         )  # fmt: skip
     return plan
 
