@@ -5,9 +5,9 @@
 
 All mixers get the same weights. Prints medians (CUDA events) of forward and forward+backward, which scan
 backend and causal-convolution path ours took, and whether mamba_ssm is importable (it is only compared when it
-is installed with its compiled extensions). Where mamba-ssm or causal-conv1d is installed, ours is also timed as
-it runs without them (Triton scan, ``F.conv1d``), in the same process: timings of separate processes on a shared
-GPU machine differ by more than the differences measured.
+is installed with its compiled extensions). Ours is also timed as it runs without mamba-ssm and causal-conv1d (Triton
+scan, Triton convolution) and with ``F.conv1d`` as the convolution, in the same process: timings of separate
+processes on a shared GPU machine differ by more than the differences measured.
 """
 
 from __future__ import annotations
@@ -56,7 +56,18 @@ def forward_and_backward(mixer, x, grad):
 def conv_path() -> str:
     if mamba_layer._causal_conv1d_kernel() is not None:
         return "causal-conv1d kernel"
+    if mamba_layer._triton_conv_kernel() is not None:
+        return "Triton conv + SiLU"
     return "F.conv1d + SiLU"
+
+
+@contextlib.contextmanager
+def without_kernels(*names: str):
+    """Hide the layer's kernel getters ``names``, as on a machine without those kernels."""
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(mock.patch.object(mamba_layer, name, lambda: None))
+        yield
 
 
 def main() -> None:
@@ -77,12 +88,14 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, shape (B, L, C) = "
           f"{(args.batch, args.length, args.d_model)}, fp32, medians of {args.repeats}")  # fmt: skip
     rows = [("ours", f"scan {backend}, {conv_path()}", ours, contextlib.nullcontext())]
-    if conv_path() != "F.conv1d + SiLU" or backend != "triton":
-        # what ours runs where mamba-ssm and causal-conv1d are not installed, timed in this same process
-        alone = Mamba(args.d_model, scan_backend="triton").cuda()
-        alone.load_state_dict(ours.state_dict())
-        without = mock.patch.object(mamba_layer, "_causal_conv1d_kernel", lambda: None)
-        rows.append(("ours", "as without mamba-ssm: scan triton, F.conv1d + SiLU", alone, without))
+    # what ours runs where mamba-ssm and causal-conv1d are not installed, and the same with F.conv1d
+    alone = Mamba(args.d_model, scan_backend="triton").cuda()
+    alone.load_state_dict(ours.state_dict())
+    with without_kernels("_causal_conv1d_kernel"):
+        path = f"as without mamba-ssm: scan triton, {conv_path()}"
+    rows.append(("ours", path, alone, without_kernels("_causal_conv1d_kernel")))
+    torch_conv = without_kernels("_causal_conv1d_kernel", "_triton_conv_kernel")
+    rows.append(("ours", "as without mamba-ssm: scan triton, F.conv1d + SiLU", alone, torch_conv))
     try:
         import mamba_ssm
     except ImportError as error:
@@ -91,12 +104,12 @@ def main() -> None:
         theirs = mamba_ssm.Mamba(d_model=args.d_model, d_state=16, d_conv=4, expand=2).cuda()
         theirs.load_state_dict(ours.state_dict())
         rows.append(("mamba_ssm", f"fast path = {theirs.use_fast_path}", theirs, contextlib.nullcontext()))
-    print(f"{'mixer':10} {'path':52} {'fwd ms':>8} {'fwd+bwd ms':>11}")
+    print(f"{'mixer':10} {'path':56} {'fwd ms':>8} {'fwd+bwd ms':>11}")
     for name, path, mixer, context in rows:
         forward, both = forward_and_backward(mixer, x, grad)
         with context:
             times = median_ms(forward, args.repeats), median_ms(both, args.repeats)
-        print(f"{name:10} {path:52} {times[0]:8.3f} {times[1]:11.3f}")
+        print(f"{name:10} {path:56} {times[0]:8.3f} {times[1]:11.3f}")
     if args.profile:
         _, both = forward_and_backward(ours, x, grad)
         both()

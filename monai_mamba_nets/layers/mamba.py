@@ -35,15 +35,29 @@ def _causal_conv1d_kernel():
     return causal_conv1d_fn
 
 
+@functools.lru_cache(maxsize=None)
+def _triton_conv_kernel():
+    """Our Triton causal conv1d + SiLU where Triton imports, else None."""
+    try:
+        from ..ops.conv_triton import causal_conv1d_silu_triton
+    except (ImportError, OSError):
+        return None
+    return causal_conv1d_silu_triton
+
+
 def causal_conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """silu(causal depthwise conv1d(x)) for x of shape (batch, channels, L), with ``conv`` padded by k - 1.
 
-    Uses causal-conv1d's kernel on CUDA where it is installed and takes the dtype (fp32, fp16, bf16), ``F.conv1d``
-    otherwise (float64 models, CPU).
+    On CUDA tensors of fp32, fp16 or bf16, uses causal-conv1d's kernel where it is installed, else our Triton
+    kernel; ``F.conv1d`` otherwise (float64 models, CPU, no Triton), whose grouped-convolution backward is slow on GPU.
     """
-    kernel = _causal_conv1d_kernel() if x.is_cuda and x.dtype in _CONV_KERNEL_DTYPES else None
-    if kernel is not None:
-        return kernel(x, conv.weight.squeeze(1), conv.bias, activation="silu")
+    if x.is_cuda and x.dtype in _CONV_KERNEL_DTYPES:
+        kernel = _causal_conv1d_kernel()
+        if kernel is not None:
+            return kernel(x, conv.weight.squeeze(1), conv.bias, activation="silu")
+        kernel = _triton_conv_kernel()
+        if kernel is not None:
+            return kernel(x, conv.weight.squeeze(1), conv.bias)
     return F.silu(conv(x)[..., : x.shape[-1]])
 
 
