@@ -88,7 +88,7 @@ def run_case(
             # ru_maxrss is the process's high-water mark in KiB: this process is fresh, so it is this call's peak
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
         if graph:
-            times = _graph_seconds(backend, tensors, backward, repeats)
+            times = graph_seconds(lambda: _call(backend, tensors, backward), repeats)
         else:
             timer = _gpu_seconds if device == "cuda" else _host_seconds
             times = [timer(backend, tensors, backward) for _ in range(repeats)]
@@ -116,17 +116,17 @@ def _gpu_seconds(backend, tensors, backward) -> float:
     return start.elapsed_time(end) / 1e3
 
 
-def _graph_seconds(backend, tensors, backward, repeats) -> list[float]:
-    """GPU times of ``repeats`` replays of one call captured in a CUDA graph."""
+def graph_seconds(fn, repeats: int) -> list[float]:
+    """GPU times of ``repeats`` replays of ``fn()`` captured once in a CUDA graph."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # capture needs its warm-up off the default stream
         for _ in range(2):
-            _call(backend, tensors, backward)
+            fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        _call(backend, tensors, backward)
+        fn()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -164,14 +164,19 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     shapes = GPU_SHAPES if args.device == "cuda" else CPU_SHAPES
     backends = args.backends or (
-        [b for b in available_backends() if args.device == "cuda" or b == "torch"] + (["loop"] if args.device == "cpu" else [])
+        [b for b in available_backends() if args.device == "cuda" or b == "torch"]
+        + (["loop"] if args.device == "cpu" else [])
     )
-    print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, dtype {args.dtype}, medians of {args.repeats}"
-          + (", CUDA-graph replays" if args.graph else ""))
+    print(
+        f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, dtype {args.dtype}, medians of {args.repeats}"
+        + (", CUDA-graph replays" if args.graph else "")
+    )
     # GPU calls take fractions of a millisecond: print milliseconds there
     unit, scale = ("ms", 1e3) if args.device == "cuda" else ("s", 1.0)
-    print(f"{'backend':8} {'(B, D, L, N)':22} {'fwd ' + unit:>10} {'fwd GB/s':>9} {'fwd+bwd ' + unit:>10} {'peak MB fwd':>12} {'peak MB f+b':>12}")
+    print(
+        f"{'backend':8} {'(B, D, L, N)':22} {'fwd ' + unit:>10} {'fwd GB/s':>9} {'fwd+bwd ' + unit:>10} {'peak MB fwd':>12} {'peak MB f+b':>12}"
+    )
     results = {}
     for shape in shapes:
         for backend in backends:
@@ -203,7 +208,9 @@ def _report_cpu_targets(results) -> None:
         print(f"target: torch fwd+bwd at {small} = {t:.3f} s (<= 0.15 s): {'met' if t <= 0.15 else 'MISSED'}")
         if ("loop", small) in results:
             ratio = results["loop", small][True]["seconds"] / t
-            print(f"target: loop / torch fwd+bwd at {small} = {ratio:.0f}x (>= 50x): {'met' if ratio >= 50 else 'MISSED'}")
+            print(
+                f"target: loop / torch fwd+bwd at {small} = {ratio:.0f}x (>= 50x): {'met' if ratio >= 50 else 'MISSED'}"
+            )
     if ("torch", large) in results:
         peak = results["torch", large][True]["peak_bytes"]
         limit = 4 * large[0] * large[1] * large[2] * large[3]
