@@ -166,6 +166,29 @@ def test_mamba_mixer_with_triton_scan():
         assert relative_error(grads[name], p.grad) <= 1e-3, name
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize(
+    "shape, fp32_matrices, fold, partials, direct",
+    [
+        ((2, 64, 32768, 16, 1), True, 8, 1, True),  # 8 channel blocks per program: dB and dC written in place
+        ((2, 64, 32768, 16, 1), False, 8, 1, False),  # bf16 B and C: one fp32 partial, cast by the sums kernel
+        ((2, 128, 4096, 16, 1), True, 4, 4, False),  # 4 of 16 blocks per program keeps 1024 programs
+        ((2, 256, 512, 16, 1), True, 1, 32, False),  # too few programs to fold
+    ],
+)
+def test_gradient_programs_fold_channel_blocks(shape, fp32_matrices, fold, partials, direct):
+    """How many channel blocks a gradient program takes, and what is left for the sums kernel to add up."""
+    from monai_mamba_nets.ops import scan_triton
+
+    batch, dim, length, dstate, groups = shape
+    plan = scan_triton._Plan(batch, dim, length, dstate, groups, None, True, True, True, True, fp32_matrices)
+    assert (plan.gradient.constants["FOLD"], plan.sums_sizes[-1], plan.direct_matrices) == (fold, partials, direct)
+    programs = plan.gradient.grid[0] * plan.gradient.grid[1]
+    assert programs >= scan_triton.GRADIENT_PROGRAMS or fold == 1
+    partial_matrices = plan.backward_workspace[1][-2:]
+    assert partial_matrices == [0 if direct else batch * groups * partials * dstate * length] * 2
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
 def test_forcing_triton_on_cpu_says_why():
     with pytest.raises(RuntimeError, match="backend 'triton' cannot run here: tensors are on cpu"):
