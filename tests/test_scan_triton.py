@@ -227,11 +227,13 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     ]
     threads = (65536, 65536, 8, 65536, 65536, 65536, 65536)
     programs = (1024, 1024, 1024, 1024, 1024, 1024, 1)
+    folds = []
     for case, forward_threads, gradient_programs in zip(cases, threads, programs):
         # few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans). N = 64 gives
         # 2 channels per gradient program: two partial dB and dC to sum in the fifth case, and in the last, where few
         # programs are wanted, one program taking both blocks and adding up their dB and dC in place
         scan_triton.FORWARD_THREADS, scan_triton.GRADIENT_PROGRAMS = forward_threads, gradient_programs
+        scan_triton._PLANS.clear()  # plans are keyed by the operands alone: build this case's with these constants
         ops = scan_operands(**case, seed=case["length"])
         grad_out = torch.randn(case["batch"], case["dim"], case["length"])
         results = []
@@ -245,6 +247,9 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         errors = {"out": relative_error(out, ref), "last": relative_error(last, ref_last)}
         errors.update({"d" + k: relative_error(grads[k], ref_grads[k]) for k in ops})
         assert max(errors.values()) <= bound, (case, errors)
+        (plan,) = scan_triton._PLANS.values()
+        folds.append(plan.gradient.constants["FOLD"])
+    assert folds[4:] == [1, 1, 2], folds
     print("interpreter check passed")
     """)
 

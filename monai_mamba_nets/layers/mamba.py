@@ -25,14 +25,14 @@ _CONV_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 @functools.lru_cache(maxsize=None)
 def _causal_conv1d_kernel():
-    """causal-conv1d's Python entry point where its CUDA extension imports, else None."""
+    """causal-conv1d's Python entry point with SiLU, where its CUDA extension imports, else None."""
     if cuda_extension("causal_conv1d_cuda") is None:
         return None
     try:
         from causal_conv1d import causal_conv1d_fn
     except ImportError:
         return None
-    return causal_conv1d_fn
+    return functools.partial(causal_conv1d_fn, activation="silu")
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,10 +52,7 @@ def causal_conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     kernel; ``F.conv1d`` otherwise (float64 models, CPU, no Triton), whose grouped-convolution backward is slow on GPU.
     """
     if x.is_cuda and x.dtype in _CONV_KERNEL_DTYPES:
-        kernel = _causal_conv1d_kernel()
-        if kernel is not None:
-            return kernel(x, conv.weight.squeeze(1), conv.bias, activation="silu")
-        kernel = _triton_conv_kernel()
+        kernel = _causal_conv1d_kernel() or _triton_conv_kernel()
         if kernel is not None:
             return kernel(x, conv.weight.squeeze(1), conv.bias)
     return F.silu(conv(x)[..., : x.shape[-1]])

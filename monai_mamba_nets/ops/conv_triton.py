@@ -21,23 +21,42 @@ BLOCK_C = 32  # channels of a tile
 
 
 @triton.jit
+def _tap(x_ptr, row, c, c_ok, t, k, length, stride_c, stride_t, K: tl.constexpr):
+    """x[c, t - K + 1 + k], the input that tap k of the filter meets at steps t, in fp32; 0 outside the sequence."""
+    source = t - (K - 1) + k
+    ok = c_ok & (source >= 0) & (source < length)
+    return tl.load(x_ptr + row + c * stride_c + source * stride_t, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _weight(w_ptr, c, c_ok, k, K: tl.constexpr):
+    """w[c, k] in fp32, (1, channels)."""
+    return tl.load(w_ptr + c * K + k, mask=c_ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _pre_activation(x_ptr, w_ptr, bias, row, c, c_ok, t, length, stride_c, stride_t, K: tl.constexpr):
-    """bias + sum_k w[c, k] x[c, t - K + 1 + k] over a (steps, channels) tile, in fp32; x is 0 before the start."""
+    """bias + sum_k w[c, k] x[c, t - K + 1 + k] over a (steps, channels) tile, in fp32."""
     a = tl.zeros([t.shape[0], c.shape[1]], tl.float32) + bias
     for k in tl.static_range(K):
-        source = t - (K - 1) + k
-        ok = c_ok & (source >= 0) & (source < length)
-        x = tl.load(x_ptr + row + c * stride_c + source * stride_t, mask=ok, other=0.0).to(tl.float32)
-        a += tl.load(w_ptr + c * K + k, mask=c_ok, other=0.0).to(tl.float32) * x
+        a += _weight(w_ptr, c, c_ok, k, K) * _tap(x_ptr, row, c, c_ok, t, k, length, stride_c, stride_t, K)
     return a
 
 
 @triton.jit
-def _tile(channels, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The program's batch index, steps as (BLOCK_T, 1), channels and their mask as (1, BLOCK_C)."""
+def _tile(channels, stride_b, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The program's batch index, steps as (BLOCK_T, 1), channels and their mask as (1, BLOCK_C), and the offset of
+    its batch row in x."""
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
-    return tl.program_id(2), t, c, c < channels
+    batch = tl.program_id(2)
+    return batch, t, c, c < channels, batch.to(tl.int64) * stride_b
+
+
+@triton.jit
+def _sequence(batch, channels, c, length):
+    """Offsets of the channels' rows in the contiguous (batch, channels, L) tensors y, dy and dx."""
+    return (batch * channels + c).to(tl.int64) * length
 
 
 @triton.jit
@@ -51,12 +70,14 @@ def _forward_kernel(
     K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """y = silu(causal depthwise conv(x) + bias), y contiguous (batch, channels, L)."""
-    batch, t, c, c_ok = _tile(channels, BLOCK_T, BLOCK_C)
-    row = batch.to(tl.int64) * stride_b
+    batch, t, c, c_ok, row = _tile(channels, stride_b, BLOCK_T, BLOCK_C)
     bias = _bias(bias_ptr, c, c_ok, HAS_BIAS)
     a = _pre_activation(x_ptr, w_ptr, bias, row, c, c_ok, t, length, stride_c, stride_t, K)
-    y = (a * tl.sigmoid(a)).to(y_ptr.dtype.element_ty)
-    tl.store(y_ptr + (batch * channels + c).to(tl.int64) * length + t, y, mask=c_ok & (t < length))
+    tl.store(
+        y_ptr + _sequence(batch, channels, c, length) + t,
+        (a * tl.sigmoid(a)).to(y_ptr.dtype.element_ty),
+        mask=c_ok & (t < length),
+    )
 
 
 @triton.jit
@@ -69,28 +90,26 @@ def _backward_kernel(
     With da_s = dy_s silu'(a_s): dx_t = sum_j w[K - 1 - j] da_{t + j}, dw[k] = sum_t da_t x_{t - K + 1 + k}, dbias
     = sum_t da_t. da is recomputed at the K shifts it is needed at.
     """
-    batch, t, c, c_ok = _tile(channels, BLOCK_T, BLOCK_C)
-    row = batch.to(tl.int64) * stride_b
+    batch, t, c, c_ok, row = _tile(channels, stride_b, BLOCK_T, BLOCK_C)
     bias = _bias(bias_ptr, c, c_ok, HAS_BIAS)
     dx = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
     for j in tl.static_range(K):
         a = _pre_activation(x_ptr, w_ptr, bias, row, c, c_ok, t + j, length, stride_c, stride_t, K)
         ok = c_ok & (t + j < length)
-        dy = tl.load(dy_ptr + (batch * channels + c).to(tl.int64) * length + t + j, mask=ok, other=0.0)
+        dy = tl.load(dy_ptr + _sequence(batch, channels, c, length) + t + j, mask=ok, other=0.0)
         sig = tl.sigmoid(a)
         da = tl.where(ok, dy.to(tl.float32) * sig * (1.0 + a * (1.0 - sig)), 0.0)
-        dx += tl.load(w_ptr + c * K + (K - 1 - j), mask=c_ok, other=0.0).to(tl.float32) * da
+        dx += _weight(w_ptr, c, c_ok, K - 1 - j, K) * da
         if j == 0:
-            tile = (tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)).to(tl.int64)
+            tile = (batch * tl.num_programs(0) + tl.program_id(0)).to(tl.int64)
             for k in tl.static_range(K):
-                source = t - (K - 1) + k
-                x_ok = c_ok & (source >= 0) & (source < length)
-                x = tl.load(x_ptr + row + c * stride_c + source * stride_t, mask=x_ok, other=0.0).to(tl.float32)
+                x = _tap(x_ptr, row, c, c_ok, t, k, length, stride_c, stride_t, K)
                 tl.store(dw_ptr + (tile * K + k) * channels + c, tl.sum(da * x, 0, keep_dims=True), mask=c_ok)
             if HAS_BIAS:
                 tl.store(dbias_ptr + tile * channels + c, tl.sum(da, 0, keep_dims=True), mask=c_ok)
-    out = c_ok & (t < length)
-    tl.store(dx_ptr + (batch * channels + c).to(tl.int64) * length + t, dx.to(dx_ptr.dtype.element_ty), mask=out)
+    tl.store(
+        dx_ptr + _sequence(batch, channels, c, length) + t, dx.to(dx_ptr.dtype.element_ty), mask=c_ok & (t < length)
+    )
 
 
 def _grid(batch: int, channels: int, length: int) -> tuple[int, int, int]:

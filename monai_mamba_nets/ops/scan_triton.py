@@ -614,10 +614,10 @@ class _Plan:
         flags = dict(HAS_BIAS=has_bias, SOFTPLUS=softplus, CHUNK=chunk, STEPS=STEPS)
         operand_flags = dict(HAS_D=has_D, HAS_Z=has_z, **flags)
 
-        def walk(kernel, layout, max_registers=None, fold=1, **constants):
-            """A launcher over (batch, group, ``fold`` channel blocks) x chunks, and the sizes it takes after its
+        def walk(kernel, layout, max_registers=None, **constants):
+            """A launcher over (batch, group, FOLD channel blocks) x chunks, and the sizes it takes after its
             pointers."""
-            grid = (batch * groups * layout.blocks // fold, chunks)
+            grid = (batch * groups * layout.blocks // constants.get("FOLD", 1), chunks)
             sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks)
             options = dict(num_warps=layout.warps, maxnreg=max_registers)
             return _Launcher(kernel, grid, device, options, **constants, **layout.constants()), sizes
@@ -633,7 +633,7 @@ class _Plan:
         )
         fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks)
         self.gradient, self.gradient_sizes = walk(
-            _backward_kernel, gradient, fold=fold, SPAN=CHECKPOINT, FOLD=fold, **operand_flags
+            _backward_kernel, gradient, SPAN=CHECKPOINT, FOLD=fold, **operand_flags
         )
         block_n = triton.next_power_of_2(dstate)
         carry = dict(BLOCK_C=max(16, min(triton.next_power_of_2(chunks), 4096 // block_n)), BLOCK_N=block_n)
