@@ -181,7 +181,10 @@ def test_gradient_programs_fold_channel_blocks(shape, fp32_matrices, fold, parti
     from monai_mamba_nets.ops import scan_triton
 
     batch, dim, length, dstate, groups = shape
-    plan = scan_triton._Plan(batch, dim, length, dstate, groups, None, True, True, True, True, fp32_matrices)
+    contiguous = (dim * length, dim * length, groups * dstate * length, groups * dstate * length, dim * length)
+    plan = scan_triton._Plan(
+        batch, dim, length, dstate, groups, None, True, True, True, True, fp32_matrices, contiguous
+    )  # fmt: skip
     assert (plan.gradient.constants["FOLD"], plan.sums_sizes[-1], plan.direct_matrices) == (fold, partials, direct)
     programs = plan.gradient.grid[0] * plan.gradient.grid[1]
     assert programs >= scan_triton.GRADIENT_PROGRAMS or fold == 1
@@ -224,24 +227,42 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         dict(batch=1, dim=4, length=45, dstate=64, groups=None, dtype=torch.float32),
         dict(batch=1, dim=4, length=29, dstate=4, groups=None, dtype=torch.bfloat16),
         dict(batch=1, dim=4, length=45, dstate=64, groups=None, dtype=torch.float32),
+        dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
     ]
-    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536)
-    programs = (1024, 1024, 1024, 1024, 1024, 1024, 1)
+    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 8)
+    programs = (1024, 1024, 1024, 1024, 1024, 1024, 1, 1024)
+    sliced = (False,) * 7 + (True,)
+
+    def leaves_and_arguments(ops, dtype, sliced):
+        # leaves to differentiate and the scan's arguments made of them. Sliced, u, delta, z, B and C are the first
+        # entries along dim 1 of wider tensors, at a larger batch stride, as the Mamba mixer passes them
+        leaves, arguments = {}, {}
+        for k, v in ops.items():
+            v = v.to(dtype) if dtype else v
+            if sliced and k in ("u", "delta", "z", "B", "C"):
+                leaves[k] = torch.cat([v, torch.randn(v.shape[0], 3, *v.shape[2:], dtype=v.dtype)], 1).requires_grad_()
+                arguments[k] = leaves[k][:, : v.shape[1]]
+            else:
+                leaves[k] = arguments[k] = v.clone().requires_grad_()
+        return leaves, arguments
+
     folds = []
-    for case, forward_threads, gradient_programs in zip(cases, threads, programs):
+    for case, forward_threads, gradient_programs, slices in zip(cases, threads, programs, sliced):
         # few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans). N = 64 gives
-        # 2 channels per gradient program: two partial dB and dC to sum in the fifth case, and in the last, where few
-        # programs are wanted, one program taking both blocks and adding up their dB and dC in place
+        # 2 channels per gradient program: two partial dB and dC to sum in the fifth case, and in the seventh, where
+        # few programs are wanted, one program taking both blocks and adding up their dB and dC in place
         scan_triton.FORWARD_THREADS, scan_triton.GRADIENT_PROGRAMS = forward_threads, gradient_programs
         scan_triton._PLANS.clear()  # plans are keyed by the operands alone: build this case's with these constants
         ops = scan_operands(**case, seed=case["length"])
         grad_out = torch.randn(case["batch"], case["dim"], case["length"])
         results = []
         for scan, dtype in ((scan_triton.selective_scan_triton, None), (selective_scan_ref, torch.float64)):
-            leaves = {k: (v.to(dtype) if dtype else v).clone().requires_grad_() for k, v in ops.items()}
-            out, last = scan(**leaves, delta_softplus=True, return_last_state=True)
+            leaves, arguments = leaves_and_arguments(ops, dtype, slices and dtype is None)
+            strides = strides if dtype else tuple(arguments[k].stride(0) for k in ("u", "delta", "B", "C", "z"))
+            out, last = scan(**arguments, delta_softplus=True, return_last_state=True)
             (out * grad_out.to(out.dtype)).sum().backward()
-            results.append((out, last, {k: v.grad for k, v in leaves.items()}))
+            grads = {k: v.grad[tuple(map(slice, ops[k].shape))] for k, v in leaves.items()}
+            results.append((out, last, grads))
         (out, last, grads), (ref, ref_last, ref_grads) = results
         bound = 1e-5 if case["dtype"] == torch.float32 else 1e-2
         errors = {"out": relative_error(out, ref), "last": relative_error(last, ref_last)}
@@ -249,7 +270,9 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         assert max(errors.values()) <= bound, (case, errors)
         (plan,) = scan_triton._PLANS.values()
         folds.append(plan.gradient.constants["FOLD"])
-    assert folds[4:] == [1, 1, 2], folds
+        assert plan.forward_sizes[-5:] == strides  # sliced operands are read in place, not copied
+        assert not slices or strides[0] == (case["dim"] + 3) * case["length"]
+    assert folds[4:7] == [1, 1, 2], folds
     print("interpreter check passed")
     """)
 

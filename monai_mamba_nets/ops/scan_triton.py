@@ -34,9 +34,13 @@ underflows (kernels.md, section 4). The reverse scan runs as a forward scan over
 steps that live in one thread's registers costs nothing, while ``associative_scan(reverse=True)`` emits warp
 shuffles.
 
+Operands. u, delta, z, B and C are read in place at any batch stride as long as each batch entry is contiguous:
+the Mamba mixer passes x and z as halves of its input projection and B and C as slices of x_proj's output. Every
+program moves their pointers to its batch entry once; outputs and gradients are contiguous.
+
 Host side. Launching through ``kernel[grid]`` costs more host time than the kernels take on short sequences, so
-the first call with a configuration of the operands builds a ``_Plan`` (chunking, layouts, workspace sizes, one
-``_Launcher`` per kernel) and later calls launch the compiled kernels directly.
+the first call with a configuration of the operands (shapes, dtypes, batch strides) builds a ``_Plan`` (chunking,
+layouts, workspace sizes, one ``_Launcher`` per kernel) and later calls launch the compiled kernels directly.
 """
 
 from __future__ import annotations
@@ -122,10 +126,10 @@ def _program(
     dim, length, dstate, group_size, groups, blocks, part,
     STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
-    """Where the program works: rows (batch * dim + channel) and sequence offsets as (1, NL, BD, 1) tiles, channel
-    index and mask as (1, 1, BD, 1), state indices and mask as (1, NL, 1, NP) tiles, the offset of its group's B
-    and C, its chunk, and the step offsets of a sub-tile as (STEPS, 1, 1, 1). A program takes FOLD of the group's
-    ``blocks`` channel blocks, one after another; ``part`` is the one it is at."""
+    """Where the program works: its batch index and group, rows (batch * dim + channel) and sequence offsets
+    within a batch entry as (1, NL, BD, 1) tiles, channel index and mask as (1, 1, BD, 1), state indices and mask
+    as (1, NL, 1, NP) tiles, its chunk, and the step offsets of a sub-tile as (STEPS, 1, 1, 1). A program takes
+    FOLD of the group's ``blocks`` channel blocks, one after another; ``part`` is the one it is at."""
     program = tl.program_id(0)
     batch_group, block = program // (blocks // FOLD), program % (blocks // FOLD) * FOLD + part
     batch, group = batch_group // groups, batch_group % groups
@@ -134,11 +138,36 @@ def _program(
     channel = group * group_size + lane
     # rows as (1, NL, BD, 1): each thread loads its own copy of its channel's steps, so that per-channel tiles share
     # the layout of the (steps, lanes, channels, states) tiles instead of being spread over the steps
-    row = batch * dim + channel + tl.zeros([1, NL, 1, 1], tl.int32)
+    channel_copies = channel + tl.zeros([1, NL, 1, 1], tl.int32)
     n = tl.arange(0, NL)[None, :, None, None] * NP + tl.arange(0, NP)[None, None, None, :]
-    group_offset = batch_group.to(tl.int64) * dstate * length
     step = tl.arange(0, STEPS)[:, None, None, None]
-    return row, row.to(tl.int64) * length, channel, channel_ok, n, n < dstate, group_offset, tl.program_id(1), step
+    seq = channel_copies.to(tl.int64) * length
+    return batch, group, batch * dim + channel_copies, seq, channel, channel_ok, n, n < dstate, tl.program_id(1), step
+
+
+@triton.jit
+def _at_batch(ptr, batch, batch_stride):
+    """``ptr`` moved to the program's batch entry: an operand is contiguous within a batch entry, at any stride."""
+    return ptr + batch.to(tl.int64) * batch_stride
+
+
+@triton.jit
+def _at_group(ptr, batch, group, batch_stride, dstate, length):
+    """``ptr`` of B or C moved to the program's (batch, group) matrix."""
+    return _at_batch(ptr, batch, batch_stride) + group.to(tl.int64) * dstate * length
+
+
+@triton.jit
+def _operands_at(
+    u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, C_batch, dstate, length
+):  # fmt: skip
+    """The pointers of u, delta, B and C moved to the program's batch entry (and group, for B and C)."""
+    return (
+        _at_batch(u_ptr, batch, u_batch),
+        _at_batch(delta_ptr, batch, delta_batch),
+        _at_group(B_ptr, batch, group, B_batch, dstate, length),
+        _at_group(C_ptr, batch, group, C_batch, dstate, length),
+    )
 
 
 @triton.jit
@@ -161,17 +190,17 @@ def _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_B
 
 
 @triton.jit
-def _matrix(ptr, group_offset, t, n, n_ok, length, channel_ok):
+def _matrix(ptr, t, n, n_ok, length, channel_ok):
     """(STEPS, NL, BD, NP) tile of a (.., N, L) matrix B or C, zero outside. Every thread loads the values it uses
     (threads of one state read the same addresses): loaded as (STEPS, NL, 1, NP), Triton would pick a layout
     spread over the steps and move the whole (steps, states, channels) tile to it through shared memory."""
     mask = n_ok & (t < length) & channel_ok
-    return tl.load(ptr + group_offset + n * length + t, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(ptr + n * length + t, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
 def _sequence(ptr, seq, t, valid):
-    """(STEPS, NL, BD, 1) tile of a (batch, dim, L) tensor, zero outside, in fp32."""
+    """(STEPS, NL, BD, 1) tile of a (batch, dim, L) tensor at its program's batch entry, zero outside, in fp32."""
     return tl.load(ptr + seq + t, mask=valid, other=0.0).to(tl.float32)
 
 
@@ -191,8 +220,7 @@ def _decay(dt, A):
 
 @triton.jit
 def _sub_tile(
-    u_ptr, delta_ptr, B_ptr, bias, A, h, seq, group_offset, t, n, n_ok, length, channel_ok, step,
-    SOFTPLUS: tl.constexpr,
+    u_ptr, delta_ptr, B_ptr, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS: tl.constexpr,
 ):  # fmt: skip
     """Discretise the sub-tile at steps ``t`` and scan it from entry state ``h`` (folded into the first b).
 
@@ -201,7 +229,7 @@ def _sub_tile(
     valid = channel_ok & (t < length)
     u = _sequence(u_ptr, seq, t, valid)
     x, dt = _time_step(delta_ptr, bias, seq, t, valid, SOFTPLUS)
-    B = _matrix(B_ptr, group_offset, t, n, n_ok, length, channel_ok)
+    B = _matrix(B_ptr, t, n, n_ok, length, channel_ok)
     a, b = _decay(dt, A), (dt * u) * B
     decay, hs = _scan(a, tl.where(step == 0, b + a * h, b))
     return u, x, dt, a, b, B, decay, hs
@@ -223,21 +251,23 @@ def _gate_gradient(dout, z, y):
 @triton.jit
 def _forward_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, state_ptr, dtsum_ptr,
-    dim, length, dstate, group_size, groups, blocks, chunks,
+    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
     """End state from a zero state and sum of dt of one chunk: (rows, chunks, N) and (rows, chunks)."""
-    row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
+    batch, group, row, seq, channel, channel_ok, n, n_ok, c, step = _program(
         dim, length, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
     )
+    u_ptr, delta_ptr = _at_batch(u_ptr, batch, u_batch), _at_batch(delta_ptr, batch, delta_batch)
+    B_ptr = _at_group(B_ptr, batch, group, B_batch, dstate, length)
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     h = tl.zeros([1, NL, BD, NP], tl.float32)
     dtsum = tl.zeros([1, NL, BD, 1], tl.float32)
     for start in range(0, CHUNK, STEPS):
         t = c * CHUNK + start + step
         _, _, dt, _, _, _, _, hs = _sub_tile(
-            u_ptr, delta_ptr, B_ptr, bias, A, h, seq, group_offset, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+            u_ptr, delta_ptr, B_ptr, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
         )
         h = _step(hs, step, STEPS - 1)
         dtsum += tl.sum(dt, 0, keep_dims=True)
@@ -249,14 +279,20 @@ def _forward_summary_kernel(
 @triton.jit
 def _forward_output_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, entry_ptr, out_ptr,
-    dim, length, dstate, group_size, groups, blocks, chunks,
+    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch, C_batch, z_batch,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
     """One chunk from its entry state: out = (C h + D u) * silu(z)."""
-    row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
+    batch, group, row, seq, channel, channel_ok, n, n_ok, c, step = _program(
         dim, length, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
     )
+    u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
+        u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, C_batch, dstate, length
+    )
+    if HAS_Z:  # a None z_ptr has no address to move
+        z_ptr = _at_batch(z_ptr, batch, z_batch)
+    out_ptr = _at_batch(out_ptr, batch, dim * length)
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
     h = tl.load(entry_ptr + (row * chunks + c) * dstate + n, mask=channel_ok & n_ok, other=0.0)
@@ -264,10 +300,10 @@ def _forward_output_kernel(
         t = c * CHUNK + start + step
         valid = channel_ok & (t < length)
         u, _, _, _, _, _, _, hs = _sub_tile(
-            u_ptr, delta_ptr, B_ptr, bias, A, h, seq, group_offset, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+            u_ptr, delta_ptr, B_ptr, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
         )
         h = _step(hs, step, STEPS - 1)
-        y = _output(_matrix(C_ptr, group_offset, t, n, n_ok, length, channel_ok), hs, u, D)
+        y = _output(_matrix(C_ptr, t, n, n_ok, length, channel_ok), hs, u, D)
         if HAS_Z:
             z = _sequence(z_ptr, seq, t, valid)
             y *= z * tl.sigmoid(z)
@@ -311,15 +347,21 @@ def _chunk_carry_kernel(
 @triton.jit
 def _backward_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, entry_ptr, dout_ptr, checkpoint_ptr, adjoint_ptr,
-    dim, length, dstate, group_size, groups, blocks, chunks,
+    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch, C_batch, z_batch,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
     """One chunk forward from its entry state: the states at the start of every SPAN steps, and the adjoint
     leaving the chunk's start from a zero adjoint after it, sum_t (prod_{k <= t} a_k) dy_t C_t."""
-    row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
+    batch, group, row, seq, channel, channel_ok, n, n_ok, c, step = _program(
         dim, length, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
     )
+    u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
+        u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, C_batch, dstate, length
+    )
+    if HAS_Z:  # a None z_ptr has no address to move
+        z_ptr = _at_batch(z_ptr, batch, z_batch)
+    dout_ptr = _at_batch(dout_ptr, batch, dim * length)
     mask = channel_ok & n_ok
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
@@ -334,10 +376,10 @@ def _backward_summary_kernel(
             t = span * SPAN + start + step
             valid = channel_ok & (t < length)
             u, _, _, _, _, _, decay, hs = _sub_tile(
-                u_ptr, delta_ptr, B_ptr, bias, A, h, seq, group_offset, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+                u_ptr, delta_ptr, B_ptr, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
             )
             h = _step(hs, step, STEPS - 1)
-            C = _matrix(C_ptr, group_offset, t, n, n_ok, length, channel_ok)
+            C = _matrix(C_ptr, t, n, n_ok, length, channel_ok)
             dy = _sequence(dout_ptr, seq, t, valid)
             if HAS_Z:
                 dy, _ = _gate_gradient(dy, _sequence(z_ptr, seq, t, valid), _output(C, hs, u, D))
@@ -350,7 +392,7 @@ def _backward_summary_kernel(
 def _backward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    dim, length, dstate, group_size, groups, blocks, chunks,
+    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch, C_batch, z_batch,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
     FOLD: tl.constexpr,
@@ -364,8 +406,8 @@ def _backward_kernel(
         _block_gradients(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
             du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-            dim, length, dstate, group_size, groups, blocks, chunks, part,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, CHUNK, STEPS, SPAN, BD, NP, NL, FOLD,
+            dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch, C_batch, z_batch,
+            part, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, CHUNK, STEPS, SPAN, BD, NP, NL, FOLD,
         )  # fmt: skip
         if FOLD > 1:
             tl.debug_barrier()  # the next block adds to the dB and dC stored by other threads
@@ -375,7 +417,7 @@ def _backward_kernel(
 def _block_gradients(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    dim, length, dstate, group_size, groups, blocks, chunks, part,
+    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch, C_batch, z_batch, part,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
     FOLD: tl.constexpr,
@@ -385,9 +427,19 @@ def _block_gradients(
     With a_t h_{t-1} = h_t - b_t: dA = sum dt g (h - b), ddt = sum_n g (A (h - b) + B u), du = dt sum_n g B + D dy,
     dB = sum_d g dt u, dC = sum_d dy h. dB and dC are added to those of the program's earlier blocks.
     """
-    row, seq, channel, channel_ok, n, n_ok, group_offset, c, step = _program(
+    batch, group, row, seq, channel, channel_ok, n, n_ok, c, step = _program(
         dim, length, dstate, group_size, groups, blocks, part, STEPS, BD, NP, NL, FOLD
     )
+    u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
+        u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, C_batch, dstate, length
+    )
+    if HAS_Z:  # a None z_ptr has no address to move
+        z_ptr = _at_batch(z_ptr, batch, z_batch)
+    # dy and the gradients of u, delta and z are contiguous
+    dout_ptr, du_ptr = _at_batch(dout_ptr, batch, dim * length), _at_batch(du_ptr, batch, dim * length)
+    ddelta_ptr = _at_batch(ddelta_ptr, batch, dim * length)
+    if HAS_Z:
+        dz_ptr = _at_batch(dz_ptr, batch, dim * length)
     sub_tile = tl.arange(0, SPAN // STEPS)[:, None, None, None]
     mask = channel_ok & n_ok
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
@@ -408,7 +460,7 @@ def _block_gradients(
             entries = tl.where(sub_tile == k, h, entries)
             t = span * SPAN + k * STEPS + step
             _, _, _, _, _, _, _, hs = _sub_tile(
-                u_ptr, delta_ptr, B_ptr, bias, A, h, seq, group_offset, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+                u_ptr, delta_ptr, B_ptr, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
             )
             h = _step(hs, step, STEPS - 1)
         entries = tl.where(sub_tile == SPAN // STEPS - 1, h, entries)
@@ -417,10 +469,10 @@ def _block_gradients(
             t = span * SPAN + k * STEPS + step
             valid = channel_ok & (t < length)
             u, x, dt, a, b, B, _, hs = _sub_tile(
-                u_ptr, delta_ptr, B_ptr, bias, A, _step(entries, sub_tile, k), seq, group_offset, t, n, n_ok, length,
-                channel_ok, step, SOFTPLUS,
+                u_ptr, delta_ptr, B_ptr, bias, A, _step(entries, sub_tile, k), seq, t, n, n_ok, length, channel_ok,
+                step, SOFTPLUS,
             )  # fmt: skip
-            C = _matrix(C_ptr, group_offset, t, n, n_ok, length, channel_ok)
+            C = _matrix(C_ptr, t, n, n_ok, length, channel_ok)
             dy = _sequence(dout_ptr, seq, t, valid)
             if HAS_Z:
                 z = _sequence(z_ptr, seq, t, valid)
@@ -598,6 +650,10 @@ def _workspace(*sizes: int) -> tuple[int, list[int]]:
     return sum(split), split
 
 
+def _contiguous_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 class _Plan:
     """Everything fixed for one configuration of the operands: chunking, layouts, workspace regions and launchers.
 
@@ -605,7 +661,9 @@ class _Plan:
     make three (forward) or four (backward) launches, and no other host work.
     """
 
-    def __init__(self, batch, dim, length, dstate, groups, device, has_D, has_z, has_bias, softplus, fp32_matrices):
+    def __init__(
+        self, batch, dim, length, dstate, groups, device, has_D, has_z, has_bias, softplus, fp32_matrices, batch_strides
+    ):  # fmt: skip
         rows, group_size = batch * dim, dim // groups
         chunk = _chunk_length(rows, length)
         chunks = triton.cdiv(length, chunk)
@@ -614,26 +672,27 @@ class _Plan:
         flags = dict(HAS_BIAS=has_bias, SOFTPLUS=softplus, CHUNK=chunk, STEPS=STEPS)
         operand_flags = dict(HAS_D=has_D, HAS_Z=has_z, **flags)
 
-        def walk(kernel, layout, max_registers=None, **constants):
-            """A launcher over (batch, group, FOLD channel blocks) x chunks, and the sizes it takes after its
-            pointers."""
+        def walk(kernel, layout, strides, max_registers=None, **constants):
+            """A launcher over (batch, group, FOLD channel blocks) x chunks, and the sizes and operands' batch
+            strides it takes after its pointers."""
             grid = (batch * groups * layout.blocks // constants.get("FOLD", 1), chunks)
-            sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks)
+            sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks, *strides)
             options = dict(num_warps=layout.warps, maxnreg=max_registers)
             return _Launcher(kernel, grid, device, options, **constants, **layout.constants()), sizes
 
         forward, summary = (_layout(dstate, group_size, states) for states in (FORWARD_STATES, SUMMARY_STATES))
         gradient = _layout(dstate, group_size, GRADIENT_STATES, GRADIENT_WARPS)
-        self.forward_summary, self.forward_sizes = walk(
-            _forward_summary_kernel, forward, FORWARD_SUMMARY_REGISTERS, **flags
+        # batch strides of u, delta, B, C, z; the summary reads the first three
+        self.forward_summary, self.summary_sizes = walk(
+            _forward_summary_kernel, forward, batch_strides[:3], FORWARD_SUMMARY_REGISTERS, **flags
         )
-        self.forward_output, _ = walk(_forward_output_kernel, forward, **operand_flags)
-        self.backward_summary, self.summary_sizes = walk(
-            _backward_summary_kernel, summary, SPAN=CHECKPOINT, **operand_flags
+        self.forward_output, self.forward_sizes = walk(_forward_output_kernel, forward, batch_strides, **operand_flags)
+        self.backward_summary, self.adjoint_sizes = walk(
+            _backward_summary_kernel, summary, batch_strides, SPAN=CHECKPOINT, **operand_flags
         )
         fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks)
         self.gradient, self.gradient_sizes = walk(
-            _backward_kernel, gradient, SPAN=CHECKPOINT, FOLD=fold, **operand_flags
+            _backward_kernel, gradient, batch_strides, SPAN=CHECKPOINT, FOLD=fold, **operand_flags
         )
         block_n = triton.next_power_of_2(dstate)
         carry = dict(BLOCK_C=max(16, min(triton.next_power_of_2(chunks), 4096 // block_n)), BLOCK_N=block_n)
@@ -669,8 +728,8 @@ class _Plan:
         """(out, the chunks' sums of dt and entry states for the backward, last state or None)."""
         total, split = self.forward_workspace
         state, dtsum, entry, final = torch.empty(total, dtype=torch.float32, device=u.device).split(split)
-        out = torch.empty_like(u)
-        self.forward_summary(u, delta, A, B, bias, state, dtsum, *self.forward_sizes)
+        out = _contiguous_like(u)
+        self.forward_summary(u, delta, A, B, bias, state, dtsum, *self.summary_sizes)
         self.carry[False](A, dtsum, state, entry, final, *self.carry_sizes)
         self.forward_output(u, delta, A, B, C, D, z, bias, entry, out, *self.forward_sizes)
         if not return_last_state:
@@ -684,11 +743,12 @@ class _Plan:
         regions = torch.empty(total, dtype=torch.float32, device=u.device).split(split)
         checkpoints, adjoint, incoming, first_adjoint, dA_part, dD_part, dbias_part, dB_part, dC_part = regions
         operands = (u, delta, A, B, C, D, z, bias)
-        du, ddelta, dA, dB, dC = (torch.empty_like(x) for x in (u, delta, A, B, C))
-        dz, dD, dbias = (None if x is None else torch.empty_like(x) for x in (z, D, bias))
+        # contiguous, whatever the operands' batch strides
+        du, ddelta, dA, dB, dC = (_contiguous_like(x) for x in (u, delta, A, B, C))
+        dz, dD, dbias = (None if x is None else _contiguous_like(x) for x in (z, D, bias))
         if self.direct_matrices:
             dB_part, dC_part = dB, dC
-        self.backward_summary(*operands, entry, dout, checkpoints, adjoint, *self.summary_sizes)
+        self.backward_summary(*operands, entry, dout, checkpoints, adjoint, *self.adjoint_sizes)
         self.carry[True](A, dtsum, adjoint, incoming, first_adjoint, *self.carry_sizes)
         self.gradient(
             *operands, checkpoints, incoming, dout, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part,
@@ -701,18 +761,20 @@ class _Plan:
 _PLANS: dict[tuple, _Plan] = {}
 
 
-def _plan(u, A, B, C, D, z, delta_bias, softplus: bool) -> _Plan:
+def _plan(u, delta, A, B, C, D, z, delta_bias, softplus: bool) -> _Plan:
     """The plan for these operands, keyed by everything a kernel is specialised on (pointers are always 16-byte
     aligned, and delta has u's dtype)."""
     optional = tuple(None if x is None else x.dtype for x in (D, z, delta_bias))
     groups = B.shape[1] if B.dim() == 4 else 1
+    batch_strides = tuple(0 if x is None else x.stride(0) for x in (u, delta, B, C, z))
     key = (u.device.index, *u.shape, A.shape[1], groups, u.dtype, A.dtype, B.dtype, C.dtype, *optional, softplus)
+    key += batch_strides
     plan = _PLANS.get(key)
     if plan is None:
         batch, dim, length = u.shape
         plan = _PLANS[key] = _Plan(
             batch, dim, length, A.shape[1], groups, u.device.index, D is not None, z is not None,
-            delta_bias is not None, softplus, B.dtype == C.dtype == torch.float32,
+            delta_bias is not None, softplus, B.dtype == C.dtype == torch.float32, batch_strides,
         )  # fmt: skip
     return plan
 
@@ -725,6 +787,26 @@ def _aligned(x: torch.Tensor | None) -> torch.Tensor | None:
     return x if x.data_ptr() % 16 == 0 else x.clone()
 
 
+def _entries_contiguous(x: torch.Tensor) -> bool:
+    """Whether every batch entry x[b] of ``x`` is contiguous (sizes of 1 take any stride)."""
+    expected = 1
+    for size, stride in zip(reversed(x.shape[1:]), reversed(x.stride()[1:])):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _batched(x: torch.Tensor | None) -> torch.Tensor | None:
+    """A batched operand (u, delta, B, C, z) as the kernels read it: each batch entry contiguous, 16-byte aligned,
+    at any batch stride. Slices of a larger tensor, such as the Mamba mixer's x, z, B and C, are read in place."""
+    if x is None:
+        return None
+    if not _entries_contiguous(x):
+        x = x.contiguous()
+    return x if x.data_ptr() % 16 == 0 else x.clone(memory_format=torch.contiguous_format)
+
+
 def _on_device(x: torch.Tensor):
     """Make ``x``'s GPU the current one where it is not: Triton compiles for and launches on the current device."""
     if x.is_cuda and x.device.index != torch.cuda.current_device():
@@ -735,9 +817,10 @@ def _on_device(x: torch.Tensor):
 class SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-        operands = tuple(map(_aligned, (u, delta, A, B, C, D, z, delta_bias)))
-        u, delta, A, B, C, D, z, delta_bias = operands
-        plan = _plan(u, A, B, C, D, z, delta_bias, bool(delta_softplus))
+        u, delta, B, C, z = map(_batched, (u, delta, B, C, z))
+        A, D, delta_bias = map(_aligned, (A, D, delta_bias))
+        operands = (u, delta, A, B, C, D, z, delta_bias)
+        plan = _plan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
         with _on_device(u):
             out, dtsum, entry, last_state = plan.forward(*operands, return_last_state)
         ctx.save_for_backward(*operands, dtsum, entry)
