@@ -11,8 +11,9 @@
   causal convolution, scan, skip and gating) by its closed-form cost. Norms, activations, pooling and
   interpolation are left out.
 
-Our networks call some submodules that the reference code did not (mamba-ssm's fused path calls no Mamba
-submodule at all). A network declares how thop saw its reference in a class attribute ``thop_multiplicity``:
+A Mamba counts for thop as its projections and convolution called once each as modules (``THOP_CHILD_RULES``),
+whichever of them our Mamba actually calls; mamba-ssm's fused path calls none of them, its slow path some. A network
+declares how thop saw its reference in a class attribute ``thop_multiplicity``:
 a mapping from a module type, or a ``(module type, child name)`` pair, to how many times thop counted that
 subtree; 0 hides it, 2 counts it twice (nnU-Net's blocks register every layer twice). Factors multiply down
 the tree. LightM-UNet declares ``{Mamba: 0}``; LKM-UNet doubles nnU-Net's conv blocks and its encoder.
@@ -117,6 +118,29 @@ THOP_RULES: dict[type[nn.Module], MacRule] = {
         ),
         _zero,
     ),  # fmt: skip
+}
+
+
+def _thop_mamba_children(module: Mamba, x: torch.Tensor, y: torch.Tensor) -> dict[nn.Module, int]:
+    """thop's MACs of a Mamba's projections and convolution, each called once on the Mamba's tokens as a module
+    (the convolution padded by d_conv - 1 on both sides), however our Mamba applies them."""
+    batch, length = x.shape[:2]
+    tokens, di = batch * length, module.d_inner
+    children = {
+        module.in_proj: module.d_model * tokens * 2 * di,
+        module.conv1d: batch * di * (length + module.d_conv - 1) * module.d_conv,
+        module.x_proj: di * tokens * (module.dt_rank + 2 * module.d_state),
+        module.dt_proj: module.dt_rank * tokens * di,
+    }
+    if isinstance(module.out_proj, nn.Linear):
+        children[module.out_proj] = di * tokens * module.d_model
+    return children
+
+
+#: Modules that thop sees through their children, counted by a rule from the module's input and output rather
+#: than by the calls the children get inside: which of them our implementation calls is not what thop saw.
+THOP_CHILD_RULES: dict[type[nn.Module], Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[nn.Module, int]]] = {
+    Mamba: _thop_mamba_children,
 }
 
 
@@ -238,21 +262,31 @@ class _Recorder:
         self.called: set[nn.Module] = set()
         self.full_macs: dict[str, int] = {"conv": 0, "linear": 0, "mamba": 0}
         self._inside_rule = 0  # depth of enclosing modules that have a full-MAC rule
+        self._inside_child_rule = 0  # depth of enclosing modules in THOP_CHILD_RULES
         self._handles = []
         for module in network.modules():
             self._handles.append(module.register_forward_hook(self._after))
-            if _full_rule(module) is not None:
+            if _full_rule(module) is not None or type(module) in THOP_CHILD_RULES:
                 self._handles.append(module.register_forward_pre_hook(self._before))
 
     def _before(self, module: nn.Module, args) -> None:
-        self._inside_rule += 1
+        self._inside_rule += _full_rule(module) is not None
+        self._inside_child_rule += type(module) in THOP_CHILD_RULES
+
+    def _record_thop(self, module: nn.Module, macs: int) -> None:
+        self.called.add(module)
+        self.thop_macs[module] = self.thop_macs.get(module, 0) + macs
 
     def _after(self, module: nn.Module, args, output) -> None:
         x = args[0] if args else None
-        self.called.add(module)
-        thop_rule = THOP_RULES.get(type(module))
-        if thop_rule is not None:
-            self.thop_macs[module] = self.thop_macs.get(module, 0) + thop_rule(module, x, output)
+        child_rule = THOP_CHILD_RULES.get(type(module))
+        if child_rule is not None:
+            self._inside_child_rule -= 1
+            for child, macs in child_rule(module, x, output).items():
+                self._record_thop(child, macs)
+        if self._inside_child_rule == 0:
+            thop_rule = THOP_RULES.get(type(module))
+            self._record_thop(module, 0 if thop_rule is None else thop_rule(module, x, output))
         full_rule = _full_rule(module)
         if full_rule is not None:
             self._inside_rule -= 1

@@ -14,6 +14,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv
 
+from ..layers.mamba import Mamba
 from ..layers.pim_pam import PIXEL_GROUPINGS, PatchMambaLayer, PixelMambaLayer, fit_window_factors
 from ..layers.residual_blocks import (
     DEFAULT_ACT,
@@ -353,10 +354,11 @@ LKMUNet.thop_multiplicity = {
     # the transposed convolutions and the heads are plain convolutions there too, counted once
     Convolution: 2,
     # the reference's decoder holds the encoder (`decoder.encoder`), so thop walks the whole encoder twice: stem,
-    # residual stages and PiM/PaM layers (encoder convolutions and norms thus count 4x). No Mamba entry: the
-    # measured 185.3 M fits only with in_proj, conv1d and x_proj visible and dt_proj not, as our Mamba calls them
+    # residual stages and PiM/PaM layers (encoder convolutions and norms thus count 4x)
     (LKMUNet, "stem"): 2,
     (LKMUNet, "stages"): 2,
     (LKMUNet, "pixel_mambas"): 2,
     (LKMUNet, "patch_mambas"): 2,
+    # the measured 185.3 M fits only with each Mamba's in_proj, conv1d and x_proj visible and its dt_proj not
+    (Mamba, "dt_proj"): 0,
 }
