@@ -2,9 +2,9 @@
 
     python benchmarks/conv.py          # the Mamba(64) mixer's convolution: (batch, channels, L) = (2, 128, 32768)
 
-The input is a transposed view with channel stride 1, as the mixer passes it. Each path's forward and
-forward+backward are captured once in a CUDA graph and their replays timed (medians, GPU time without the host's).
-causal-conv1d's row is left out where it is not installed.
+The input is the first half of the channels of a (batch, 2 channels, L) tensor, as the mixer passes x from its input
+projection. Each path's forward and forward+backward are captured once in a CUDA graph and their replays timed
+(medians, GPU time without the host's). causal-conv1d's row is left out where it is not installed.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     batch, channels, length, K = args.batch, args.channels, args.length, args.width
     torch.manual_seed(0)
-    x = torch.randn(batch, length, 2 * channels, device="cuda").transpose(1, 2)[:, :channels].requires_grad_()
+    x = torch.randn(batch, 2 * channels, length, device="cuda")[:, :channels].requires_grad_()
     weight = torch.randn(channels, K, device="cuda", requires_grad=True)
     bias = torch.randn(channels, device="cuda", requires_grad=True)
     grad = torch.randn(batch, channels, length, device="cuda")
