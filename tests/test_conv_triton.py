@@ -14,18 +14,26 @@ import torch.nn.functional as F
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
-# (batch, channels, L, K, bias, x as the mixer's transposed view): ragged tiles, L < K, no bias, K = 3
-CASES = [(2, 40, 70, 4, True, True), (1, 5, 3, 4, False, False), (1, 33, 130, 3, True, False)]
+# (batch, channels, L, K, bias, layout of x): ragged tiles, L < K, no bias, K = 3
+CASES = [
+    (2, 40, 70, 4, True, "channel-major"),
+    (2, 24, 50, 4, True, "token-major"),
+    (1, 5, 3, 4, False, "contiguous"),
+    (1, 33, 130, 3, True, "contiguous"),
+]
 
 
-def _operands(batch, channels, length, K, bias, transposed, device="cpu", dtype=torch.float32):
+def _operands(batch, channels, length, K, bias, layout, device="cpu", dtype=torch.float32):
     g = torch.Generator().manual_seed(length)
-    if transposed:  # (batch, L, 2 channels) -> (batch, channels, L) with channel stride 1, as after in_proj
+    if layout == "channel-major":  # the first half of the mixer's (2 channels, batch, L) input projection
+        x = torch.randn(2 * channels, batch, length, generator=g)[:channels].transpose(0, 1)
+    elif layout == "token-major":  # a half of (batch, L, 2 channels) tokens: channel stride 1
         x = torch.randn(batch, length, 2 * channels, generator=g).transpose(1, 2)[:, :channels]
     else:
         x = torch.randn(batch, channels, length, generator=g)
     weight, b = torch.randn(channels, K, generator=g), torch.randn(channels, generator=g) if bias else None
     grad = torch.randn(batch, channels, length, generator=g)
+    # .to() keeps the strides of dense tensors, the channel-major layout among them
     move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
     return move(x), move(weight), move(b), move(grad)
 
@@ -53,8 +61,12 @@ import sys
 from test_conv_triton import CASES, _errors, _operands
 from monai_mamba_nets.ops.conv_triton import causal_conv1d_silu_triton
 for case in CASES:
-    errors = _errors(causal_conv1d_silu_triton, *_operands(*case))
+    x, weight, bias, grad = _operands(*case)
+    errors = _errors(causal_conv1d_silu_triton, x, weight, bias, grad)
     assert max(errors) <= 1e-5, (case, errors)
+    # the output keeps a channel-major input's layout, else it is contiguous
+    expected = x.stride() if case[-1] == "channel-major" else causal_conv1d_silu_triton(x.contiguous(), weight).stride()
+    assert causal_conv1d_silu_triton(x, weight, bias).stride() == expected, case
 print("interpreter check passed")
 """
 
@@ -87,7 +99,7 @@ def test_bad_shapes_name_the_argument(x_shape, w_shape, b_shape, name):
 @pytest.mark.gpu
 @needs_triton
 @pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("case", CASES + [(2, 128, 32768, 4, True, True)])
+@pytest.mark.parametrize("case", CASES + [(2, 128, 32768, 4, True, "channel-major")])
 def test_matches_conv1d_on_gpu(case, dtype, bound):
     from monai_mamba_nets.ops.conv_triton import causal_conv1d_silu_triton
 

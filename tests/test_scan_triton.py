@@ -181,7 +181,8 @@ def test_gradient_programs_fold_channel_blocks(shape, fp32_matrices, fold, parti
     from monai_mamba_nets.ops import scan_triton
 
     batch, dim, length, dstate, groups = shape
-    contiguous = (dim * length, dim * length, groups * dstate * length, groups * dstate * length, dim * length)
+    matrix = groups * dstate * length
+    contiguous = scan_triton._Strides(*[dim * length] * 3, length, dim * length, matrix, length, matrix, length)
     plan = scan_triton._Plan(
         batch, dim, length, dstate, groups, None, True, True, True, True, fp32_matrices, contiguous
     )  # fmt: skip
@@ -228,26 +229,36 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         dict(batch=1, dim=4, length=29, dstate=4, groups=None, dtype=torch.bfloat16),
         dict(batch=1, dim=4, length=45, dstate=64, groups=None, dtype=torch.float32),
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
+        dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
     ]
-    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 8)
-    programs = (1024, 1024, 1024, 1024, 1024, 1024, 1, 1024)
-    sliced = (False,) * 7 + (True,)
+    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 8, 8)
+    programs = (1024, 1024, 1024, 1024, 1024, 1024, 1, 1024, 1024)
+    layouts = (None,) * 7 + ("sliced", "channel-major")
+    BATCHED = ("u", "delta", "z", "B", "C")
 
-    def leaves_and_arguments(ops, dtype, sliced):
+    def in_channel_major_order(v):
+        # v's values with the batch inside the channels (and a group's states): (dim, batch, L) order
+        order = list(range(1, v.dim() - 1)) + [0, v.dim() - 1]
+        return v.permute(order).contiguous().permute([order.index(i) for i in range(v.dim())])
+
+    def leaves_and_arguments(ops, dtype, layout):
         # leaves to differentiate and the scan's arguments made of them. Sliced, u, delta, z, B and C are the first
-        # entries along dim 1 of wider tensors, at a larger batch stride, as the Mamba mixer passes them
+        # entries along dim 1 of wider tensors, at a larger batch stride; channel-major, they are in (dim, batch, L)
+        # order: the two ways the Mamba mixer may pass them
         leaves, arguments = {}, {}
         for k, v in ops.items():
             v = v.to(dtype) if dtype else v
-            if sliced and k in ("u", "delta", "z", "B", "C"):
+            if layout == "sliced" and k in BATCHED:
                 leaves[k] = torch.cat([v, torch.randn(v.shape[0], 3, *v.shape[2:], dtype=v.dtype)], 1).requires_grad_()
                 arguments[k] = leaves[k][:, : v.shape[1]]
+            elif layout == "channel-major" and k in BATCHED:
+                leaves[k] = arguments[k] = in_channel_major_order(v).requires_grad_()
             else:
                 leaves[k] = arguments[k] = v.clone().requires_grad_()
         return leaves, arguments
 
     folds = []
-    for case, forward_threads, gradient_programs, slices in zip(cases, threads, programs, sliced):
+    for case, forward_threads, gradient_programs, layout in zip(cases, threads, programs, layouts):
         # few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans). N = 64 gives
         # 2 channels per gradient program: two partial dB and dC to sum in the fifth case, and in the seventh, where
         # few programs are wanted, one program taking both blocks and adding up their dB and dC in place
@@ -257,8 +268,8 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         grad_out = torch.randn(case["batch"], case["dim"], case["length"])
         results = []
         for scan, dtype in ((scan_triton.selective_scan_triton, None), (selective_scan_ref, torch.float64)):
-            leaves, arguments = leaves_and_arguments(ops, dtype, slices and dtype is None)
-            strides = strides if dtype else tuple(arguments[k].stride(0) for k in ("u", "delta", "B", "C", "z"))
+            leaves, arguments = leaves_and_arguments(ops, dtype, None if dtype else layout)
+            batch_strides = batch_strides if dtype else tuple(arguments[k].stride(0) for k in BATCHED)
             out, last = scan(**arguments, delta_softplus=True, return_last_state=True)
             (out * grad_out.to(out.dtype)).sum().backward()
             grads = {k: v.grad[tuple(map(slice, ops[k].shape))] for k, v in leaves.items()}
@@ -270,8 +281,16 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         assert max(errors.values()) <= bound, (case, errors)
         (plan,) = scan_triton._PLANS.values()
         folds.append(plan.gradient.constants["FOLD"])
-        assert plan.forward_sizes[-5:] == strides  # sliced operands are read in place, not copied
-        assert not slices or strides[0] == (case["dim"] + 3) * case["length"]
+        # sliced and channel-major operands are read in place, not copied
+        strides = scan_triton._Strides(*plan.forward_sizes[-9:])
+        u_batch, delta_batch, z_batch, B_batch, C_batch = batch_strides
+        assert (strides.u_batch, strides.delta_batch, strides.B_batch, strides.C_batch) == (
+            u_batch, delta_batch, B_batch, C_batch
+        )
+        assert layout != "sliced" or u_batch == (case["dim"] + 3) * case["length"]
+        length, channel_major = case["length"], layout == "channel-major"
+        rows = (2 * length, length, 2 * length) if channel_major else (length, case["dim"] * length, length)
+        assert (strides.row, strides.out_batch, strides.B_row) == rows
     assert folds[4:7] == [1, 1, 2], folds
     print("interpreter check passed")
     """)

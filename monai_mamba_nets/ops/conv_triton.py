@@ -54,9 +54,9 @@ def _tile(channels, stride_b, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _sequence(batch, channels, c, length):
-    """Offsets of the channels' rows in the contiguous (batch, channels, L) tensors y, dy and dx."""
-    return (batch * channels + c).to(tl.int64) * length
+def _sequence(batch, c, out_stride_b, out_stride_c):
+    """Offsets of the channels' rows in y, dy and dx, which share one layout with adjacent steps."""
+    return batch.to(tl.int64) * out_stride_b + c.to(tl.int64) * out_stride_c
 
 
 @triton.jit
@@ -66,15 +66,15 @@ def _bias(bias_ptr, c, c_ok, HAS_BIAS: tl.constexpr):
 
 @triton.jit
 def _forward_kernel(
-    x_ptr, w_ptr, bias_ptr, y_ptr, channels, length, stride_b, stride_c, stride_t,
+    x_ptr, w_ptr, bias_ptr, y_ptr, channels, length, stride_b, stride_c, stride_t, out_stride_b, out_stride_c,
     K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """y = silu(causal depthwise conv(x) + bias), y contiguous (batch, channels, L)."""
+    """y = silu(causal depthwise conv(x) + bias)."""
     batch, t, c, c_ok, row = _tile(channels, stride_b, BLOCK_T, BLOCK_C)
     bias = _bias(bias_ptr, c, c_ok, HAS_BIAS)
     a = _pre_activation(x_ptr, w_ptr, bias, row, c, c_ok, t, length, stride_c, stride_t, K)
     tl.store(
-        y_ptr + _sequence(batch, channels, c, length) + t,
+        y_ptr + _sequence(batch, c, out_stride_b, out_stride_c) + t,
         (a * tl.sigmoid(a)).to(y_ptr.dtype.element_ty),
         mask=c_ok & (t < length),
     )
@@ -83,9 +83,9 @@ def _forward_kernel(
 @triton.jit
 def _backward_kernel(
     x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, dbias_ptr, channels, length, stride_b, stride_c, stride_t,
-    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    out_stride_b, out_stride_c, K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """dx (contiguous), and this tile's partial dw (K, channels) and dbias (channels) at its program index.
+    """dx (laid out like y and dy), and this tile's partial dw (K, channels) and dbias (channels) at its program index.
 
     With da_s = dy_s silu'(a_s): dx_t = sum_j w[K - 1 - j] da_{t + j}, dw[k] = sum_t da_t x_{t - K + 1 + k}, dbias
     = sum_t da_t. da is recomputed at the K shifts it is needed at.
@@ -96,7 +96,7 @@ def _backward_kernel(
     for j in tl.static_range(K):
         a = _pre_activation(x_ptr, w_ptr, bias, row, c, c_ok, t + j, length, stride_c, stride_t, K)
         ok = c_ok & (t + j < length)
-        dy = tl.load(dy_ptr + _sequence(batch, channels, c, length) + t + j, mask=ok, other=0.0)
+        dy = tl.load(dy_ptr + _sequence(batch, c, out_stride_b, out_stride_c) + t + j, mask=ok, other=0.0)
         sig = tl.sigmoid(a)
         da = tl.where(ok, dy.to(tl.float32) * sig * (1.0 + a * (1.0 - sig)), 0.0)
         dx += _weight(w_ptr, c, c_ok, K - 1 - j, K) * da
@@ -108,7 +108,9 @@ def _backward_kernel(
             if HAS_BIAS:
                 tl.store(dbias_ptr + tile * channels + c, tl.sum(da, 0, keep_dims=True), mask=c_ok)
     tl.store(
-        dx_ptr + _sequence(batch, channels, c, length) + t, dx.to(dx_ptr.dtype.element_ty), mask=c_ok & (t < length)
+        dx_ptr + _sequence(batch, c, out_stride_b, out_stride_c) + t,
+        dx.to(dx_ptr.dtype.element_ty),
+        mask=c_ok & (t < length),
     )
 
 
@@ -116,15 +118,25 @@ def _grid(batch: int, channels: int, length: int) -> tuple[int, int, int]:
     return triton.cdiv(length, BLOCK_T), triton.cdiv(channels, BLOCK_C), batch
 
 
+def _empty_like_input(x: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor laid out like ``x`` where x is dense with adjacent steps (the Mamba mixer's x in
+    (channels, batch, L) order), else contiguous."""
+    y = torch.empty_like(x)
+    return y if y.stride(-1) == 1 else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 class CausalConv1dSiluTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         batch, channels, length = x.shape
         weight = weight.contiguous()
-        y = torch.empty(batch, channels, length, dtype=x.dtype, device=x.device)
+        y = _empty_like_input(x)
         constants = dict(K=weight.shape[1], HAS_BIAS=bias is not None, BLOCK_T=BLOCK_T, BLOCK_C=BLOCK_C)
-        _forward_kernel[_grid(batch, channels, length)](x, weight, bias, y, channels, length, *x.stride(), **constants)
+        _forward_kernel[_grid(batch, channels, length)](
+            x, weight, bias, y, channels, length, *x.stride(), *y.stride()[:2], **constants
+        )
         ctx.save_for_backward(x, weight, bias)
+        ctx.out_strides = y.stride()
         return y
 
     @staticmethod
@@ -133,14 +145,16 @@ class CausalConv1dSiluTriton(torch.autograd.Function):
         batch, channels, length = x.shape
         grid = _grid(batch, channels, length)
         tiles, K = batch * grid[0], weight.shape[1]
-        dy = dy.contiguous()
-        dx = torch.empty(batch, channels, length, dtype=x.dtype, device=x.device)
+        dx = torch.empty_strided(x.shape, ctx.out_strides, dtype=x.dtype, device=x.device)
+        if dy.stride() != dx.stride():
+            dy = torch.empty_like(dx).copy_(dy)
         dw_tiles = torch.empty(tiles, K, channels, dtype=torch.float32, device=x.device)
         dbias_tiles = None if bias is None else torch.empty(tiles, channels, dtype=torch.float32, device=x.device)
         constants = dict(K=K, HAS_BIAS=bias is not None, BLOCK_T=BLOCK_T, BLOCK_C=BLOCK_C)
         _backward_kernel[grid](
-            x, weight, bias, dy, dx, dw_tiles, dbias_tiles, channels, length, *x.stride(), **constants
-        )
+            x, weight, bias, dy, dx, dw_tiles, dbias_tiles, channels, length, *x.stride(), *dx.stride()[:2],
+            **constants,
+        )  # fmt: skip
         dw = dw_tiles.sum(0).t().to(weight.dtype)
         dbias = None if bias is None else dbias_tiles.sum(0).to(bias.dtype)
         return dx, dw, dbias
@@ -150,12 +164,13 @@ def causal_conv1d_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
     """silu(causal depthwise conv1d(x, weight) + bias).
 
     Args:
-        x: (batch, channels, L) CUDA tensor (fp32, fp16 or bf16), any strides (the mixer passes a transposed view).
+        x: (batch, channels, L) CUDA tensor (fp32, fp16 or bf16), any strides.
         weight: (channels, K).
         bias: (channels,) or None.
 
     Returns:
-        (batch, channels, L) contiguous, in x's dtype.
+        (batch, channels, L) in x's dtype, laid out like x where x is dense with adjacent steps (the Mamba mixer passes
+        x in (channels, batch, L) order), else contiguous.
 
     Raises:
         ValueError: a shape does not match (the message names the argument).

@@ -34,12 +34,13 @@ underflows (kernels.md, section 4). The reverse scan runs as a forward scan over
 steps that live in one thread's registers costs nothing, while ``associative_scan(reverse=True)`` emits warp
 shuffles.
 
-Operands. u, delta, z, B and C are read in place at any batch stride as long as each batch entry is contiguous:
-the Mamba mixer passes x and z as halves of its input projection and B and C as slices of x_proj's output. Every
-program moves their pointers to its batch entry once; outputs and gradients are contiguous.
+Operands. u, delta and z are read in place either with each batch entry contiguous, at any batch stride (slices of
+a larger tensor), or in (dim, batch, L) order, as the Mamba mixer's projections give them; the output and the
+gradients of u, delta and z take the same order. B and C are read at any batch and row stride. Every program moves
+its pointers to its batch entry once; steps are always adjacent in memory.
 
 Host side. Launching through ``kernel[grid]`` costs more host time than the kernels take on short sequences, so
-the first call with a configuration of the operands (shapes, dtypes, batch strides) builds a ``_Plan`` (chunking,
+the first call with a configuration of the operands (shapes, dtypes, strides) builds a ``_Plan`` (chunking,
 layouts, workspace sizes, one ``_Launcher`` per kernel) and later calls launch the compiled kernels directly.
 """
 
@@ -123,11 +124,11 @@ def _softplus(x):
 
 @triton.jit
 def _program(
-    dim, length, dstate, group_size, groups, blocks, part,
+    dim, row_stride, dstate, group_size, groups, blocks, part,
     STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """Where the program works: its batch index and group, rows (batch * dim + channel) and sequence offsets
-    within a batch entry as (1, NL, BD, 1) tiles, channel index and mask as (1, 1, BD, 1), state indices and mask
+    within a batch entry (channel * row_stride) as (1, NL, BD, 1) tiles, channel index and mask as (1, 1, BD, 1), state indices and mask
     as (1, NL, 1, NP) tiles, its chunk, and the step offsets of a sub-tile as (STEPS, 1, 1, 1). A program takes
     FOLD of the group's ``blocks`` channel blocks, one after another; ``part`` is the one it is at."""
     program = tl.program_id(0)
@@ -141,32 +142,32 @@ def _program(
     channel_copies = channel + tl.zeros([1, NL, 1, 1], tl.int32)
     n = tl.arange(0, NL)[None, :, None, None] * NP + tl.arange(0, NP)[None, None, None, :]
     step = tl.arange(0, STEPS)[:, None, None, None]
-    seq = channel_copies.to(tl.int64) * length
+    seq = channel_copies.to(tl.int64) * row_stride
     return batch, group, batch * dim + channel_copies, seq, channel, channel_ok, n, n < dstate, tl.program_id(1), step
 
 
 @triton.jit
 def _at_batch(ptr, batch, batch_stride):
-    """``ptr`` moved to the program's batch entry: an operand is contiguous within a batch entry, at any stride."""
+    """``ptr`` moved to the program's batch entry."""
     return ptr + batch.to(tl.int64) * batch_stride
 
 
 @triton.jit
-def _at_group(ptr, batch, group, batch_stride, dstate, length):
-    """``ptr`` of B or C moved to the program's (batch, group) matrix."""
-    return _at_batch(ptr, batch, batch_stride) + group.to(tl.int64) * dstate * length
+def _at_group(ptr, batch, group, batch_stride, dstate, row_stride):
+    """``ptr`` of B or C moved to the program's (batch, group) matrix: a group's N rows follow each other."""
+    return _at_batch(ptr, batch, batch_stride) + group.to(tl.int64) * dstate * row_stride
 
 
 @triton.jit
 def _operands_at(
-    u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, C_batch, dstate, length
+    u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, B_row, C_batch, C_row, dstate
 ):  # fmt: skip
     """The pointers of u, delta, B and C moved to the program's batch entry (and group, for B and C)."""
     return (
         _at_batch(u_ptr, batch, u_batch),
         _at_batch(delta_ptr, batch, delta_batch),
-        _at_group(B_ptr, batch, group, B_batch, dstate, length),
-        _at_group(C_ptr, batch, group, C_batch, dstate, length),
+        _at_group(B_ptr, batch, group, B_batch, dstate, B_row),
+        _at_group(C_ptr, batch, group, C_batch, dstate, C_row),
     )
 
 
@@ -190,12 +191,12 @@ def _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_B
 
 
 @triton.jit
-def _matrix(ptr, t, n, n_ok, length, channel_ok):
-    """(STEPS, NL, BD, NP) tile of a (.., N, L) matrix B or C, zero outside. Every thread loads the values it uses
+def _matrix(ptr, t, n, n_ok, row_stride, length, channel_ok):
+    """(STEPS, NL, BD, NP) tile of a (.., N, L) matrix B or C with rows ``row_stride`` apart, zero outside. Every thread loads the values it uses
     (threads of one state read the same addresses): loaded as (STEPS, NL, 1, NP), Triton would pick a layout
     spread over the steps and move the whole (steps, states, channels) tile to it through shared memory."""
     mask = n_ok & (t < length) & channel_ok
-    return tl.load(ptr + n * length + t, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(ptr + n * row_stride + t, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -220,7 +221,7 @@ def _decay(dt, A):
 
 @triton.jit
 def _sub_tile(
-    u_ptr, delta_ptr, B_ptr, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS: tl.constexpr,
+    u_ptr, delta_ptr, B_ptr, B_row, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS: tl.constexpr,
 ):  # fmt: skip
     """Discretise the sub-tile at steps ``t`` and scan it from entry state ``h`` (folded into the first b).
 
@@ -229,7 +230,7 @@ def _sub_tile(
     valid = channel_ok & (t < length)
     u = _sequence(u_ptr, seq, t, valid)
     x, dt = _time_step(delta_ptr, bias, seq, t, valid, SOFTPLUS)
-    B = _matrix(B_ptr, t, n, n_ok, length, channel_ok)
+    B = _matrix(B_ptr, t, n, n_ok, B_row, length, channel_ok)
     a, b = _decay(dt, A), (dt * u) * B
     decay, hs = _scan(a, tl.where(step == 0, b + a * h, b))
     return u, x, dt, a, b, B, decay, hs
@@ -251,23 +252,23 @@ def _gate_gradient(dout, z, y):
 @triton.jit
 def _forward_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, state_ptr, dtsum_ptr,
-    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch,
+    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, row_stride, B_batch, B_row,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
     """End state from a zero state and sum of dt of one chunk: (rows, chunks, N) and (rows, chunks)."""
     batch, group, row, seq, channel, channel_ok, n, n_ok, c, step = _program(
-        dim, length, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
+        dim, row_stride, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
     )
     u_ptr, delta_ptr = _at_batch(u_ptr, batch, u_batch), _at_batch(delta_ptr, batch, delta_batch)
-    B_ptr = _at_group(B_ptr, batch, group, B_batch, dstate, length)
+    B_ptr = _at_group(B_ptr, batch, group, B_batch, dstate, B_row)
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     h = tl.zeros([1, NL, BD, NP], tl.float32)
     dtsum = tl.zeros([1, NL, BD, 1], tl.float32)
     for start in range(0, CHUNK, STEPS):
         t = c * CHUNK + start + step
         _, _, dt, _, _, _, _, hs = _sub_tile(
-            u_ptr, delta_ptr, B_ptr, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+            u_ptr, delta_ptr, B_ptr, B_row, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
         )
         h = _step(hs, step, STEPS - 1)
         dtsum += tl.sum(dt, 0, keep_dims=True)
@@ -279,20 +280,21 @@ def _forward_summary_kernel(
 @triton.jit
 def _forward_output_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, entry_ptr, out_ptr,
-    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch, C_batch, z_batch,
+    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, z_batch, row_stride, out_batch,
+    B_batch, B_row, C_batch, C_row,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
     """One chunk from its entry state: out = (C h + D u) * silu(z)."""
     batch, group, row, seq, channel, channel_ok, n, n_ok, c, step = _program(
-        dim, length, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
+        dim, row_stride, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
     )
     u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
-        u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, C_batch, dstate, length
+        u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, B_row, C_batch, C_row, dstate
     )
     if HAS_Z:  # a None z_ptr has no address to move
         z_ptr = _at_batch(z_ptr, batch, z_batch)
-    out_ptr = _at_batch(out_ptr, batch, dim * length)
+    out_ptr = _at_batch(out_ptr, batch, out_batch)
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
     h = tl.load(entry_ptr + (row * chunks + c) * dstate + n, mask=channel_ok & n_ok, other=0.0)
@@ -300,10 +302,10 @@ def _forward_output_kernel(
         t = c * CHUNK + start + step
         valid = channel_ok & (t < length)
         u, _, _, _, _, _, _, hs = _sub_tile(
-            u_ptr, delta_ptr, B_ptr, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+            u_ptr, delta_ptr, B_ptr, B_row, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
         )
         h = _step(hs, step, STEPS - 1)
-        y = _output(_matrix(C_ptr, t, n, n_ok, length, channel_ok), hs, u, D)
+        y = _output(_matrix(C_ptr, t, n, n_ok, C_row, length, channel_ok), hs, u, D)
         if HAS_Z:
             z = _sequence(z_ptr, seq, t, valid)
             y *= z * tl.sigmoid(z)
@@ -347,21 +349,22 @@ def _chunk_carry_kernel(
 @triton.jit
 def _backward_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, entry_ptr, dout_ptr, checkpoint_ptr, adjoint_ptr,
-    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch, C_batch, z_batch,
+    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, z_batch, row_stride, out_batch,
+    B_batch, B_row, C_batch, C_row,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
     """One chunk forward from its entry state: the states at the start of every SPAN steps, and the adjoint
     leaving the chunk's start from a zero adjoint after it, sum_t (prod_{k <= t} a_k) dy_t C_t."""
     batch, group, row, seq, channel, channel_ok, n, n_ok, c, step = _program(
-        dim, length, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
+        dim, row_stride, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
     )
     u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
-        u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, C_batch, dstate, length
+        u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, B_row, C_batch, C_row, dstate
     )
     if HAS_Z:  # a None z_ptr has no address to move
         z_ptr = _at_batch(z_ptr, batch, z_batch)
-    dout_ptr = _at_batch(dout_ptr, batch, dim * length)
+    dout_ptr = _at_batch(dout_ptr, batch, out_batch)
     mask = channel_ok & n_ok
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
@@ -376,10 +379,10 @@ def _backward_summary_kernel(
             t = span * SPAN + start + step
             valid = channel_ok & (t < length)
             u, _, _, _, _, _, decay, hs = _sub_tile(
-                u_ptr, delta_ptr, B_ptr, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+                u_ptr, delta_ptr, B_ptr, B_row, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
             )
             h = _step(hs, step, STEPS - 1)
-            C = _matrix(C_ptr, t, n, n_ok, length, channel_ok)
+            C = _matrix(C_ptr, t, n, n_ok, C_row, length, channel_ok)
             dy = _sequence(dout_ptr, seq, t, valid)
             if HAS_Z:
                 dy, _ = _gate_gradient(dy, _sequence(z_ptr, seq, t, valid), _output(C, hs, u, D))
@@ -392,7 +395,8 @@ def _backward_summary_kernel(
 def _backward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch, C_batch, z_batch,
+    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, z_batch, row_stride, out_batch,
+    B_batch, B_row, C_batch, C_row,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
     FOLD: tl.constexpr,
@@ -406,8 +410,8 @@ def _backward_kernel(
         _block_gradients(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
             du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-            dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch, C_batch, z_batch,
-            part, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, CHUNK, STEPS, SPAN, BD, NP, NL, FOLD,
+            dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, z_batch, row_stride,
+            out_batch, B_batch, B_row, C_batch, C_row, part, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, CHUNK, STEPS, SPAN, BD, NP, NL, FOLD,
         )  # fmt: skip
         if FOLD > 1:
             tl.debug_barrier()  # the next block adds to the dB and dC stored by other threads
@@ -417,8 +421,8 @@ def _backward_kernel(
 def _block_gradients(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, B_batch, C_batch, z_batch, part,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, z_batch, row_stride, out_batch,
+    B_batch, B_row, C_batch, C_row, part, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
     FOLD: tl.constexpr,
 ):  # fmt: skip
@@ -428,18 +432,18 @@ def _block_gradients(
     dB = sum_d g dt u, dC = sum_d dy h. dB and dC are added to those of the program's earlier blocks.
     """
     batch, group, row, seq, channel, channel_ok, n, n_ok, c, step = _program(
-        dim, length, dstate, group_size, groups, blocks, part, STEPS, BD, NP, NL, FOLD
+        dim, row_stride, dstate, group_size, groups, blocks, part, STEPS, BD, NP, NL, FOLD
     )
     u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
-        u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, C_batch, dstate, length
+        u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, B_row, C_batch, C_row, dstate
     )
     if HAS_Z:  # a None z_ptr has no address to move
         z_ptr = _at_batch(z_ptr, batch, z_batch)
-    # dy and the gradients of u, delta and z are contiguous
-    dout_ptr, du_ptr = _at_batch(dout_ptr, batch, dim * length), _at_batch(du_ptr, batch, dim * length)
-    ddelta_ptr = _at_batch(ddelta_ptr, batch, dim * length)
+    # dy and the gradients of u, delta and z are laid out like the output
+    dout_ptr, du_ptr = _at_batch(dout_ptr, batch, out_batch), _at_batch(du_ptr, batch, out_batch)
+    ddelta_ptr = _at_batch(ddelta_ptr, batch, out_batch)
     if HAS_Z:
-        dz_ptr = _at_batch(dz_ptr, batch, dim * length)
+        dz_ptr = _at_batch(dz_ptr, batch, out_batch)
     sub_tile = tl.arange(0, SPAN // STEPS)[:, None, None, None]
     mask = channel_ok & n_ok
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
@@ -460,7 +464,7 @@ def _block_gradients(
             entries = tl.where(sub_tile == k, h, entries)
             t = span * SPAN + k * STEPS + step
             _, _, _, _, _, _, _, hs = _sub_tile(
-                u_ptr, delta_ptr, B_ptr, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
+                u_ptr, delta_ptr, B_ptr, B_row, bias, A, h, seq, t, n, n_ok, length, channel_ok, step, SOFTPLUS
             )
             h = _step(hs, step, STEPS - 1)
         entries = tl.where(sub_tile == SPAN // STEPS - 1, h, entries)
@@ -469,10 +473,10 @@ def _block_gradients(
             t = span * SPAN + k * STEPS + step
             valid = channel_ok & (t < length)
             u, x, dt, a, b, B, _, hs = _sub_tile(
-                u_ptr, delta_ptr, B_ptr, bias, A, _step(entries, sub_tile, k), seq, t, n, n_ok, length, channel_ok,
-                step, SOFTPLUS,
+                u_ptr, delta_ptr, B_ptr, B_row, bias, A, _step(entries, sub_tile, k), seq, t, n, n_ok, length,
+                channel_ok, step, SOFTPLUS,
             )  # fmt: skip
-            C = _matrix(C_ptr, t, n, n_ok, length, channel_ok)
+            C = _matrix(C_ptr, t, n, n_ok, C_row, length, channel_ok)
             dy = _sequence(dout_ptr, seq, t, valid)
             if HAS_Z:
                 z = _sequence(z_ptr, seq, t, valid)
@@ -654,6 +658,26 @@ def _contiguous_like(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+class _Strides(NamedTuple):
+    """Strides in elements at which the kernels read and write: each sequence operand's batch stride, the row
+    (channel) stride shared by u, delta, z, the output and the gradients, the output's batch stride, and B's and C's
+    batch and row (state) strides. Steps are always adjacent."""
+
+    u_batch: int
+    delta_batch: int
+    z_batch: int
+    row: int
+    out_batch: int
+    B_batch: int
+    B_row: int
+    C_batch: int
+    C_row: int
+
+    def summary(self) -> tuple[int, ...]:
+        """Those the forward summary reads: u, delta and B."""
+        return self.u_batch, self.delta_batch, self.row, self.B_batch, self.B_row
+
+
 class _Plan:
     """Everything fixed for one configuration of the operands: chunking, layouts, workspace regions and launchers.
 
@@ -662,19 +686,22 @@ class _Plan:
     """
 
     def __init__(
-        self, batch, dim, length, dstate, groups, device, has_D, has_z, has_bias, softplus, fp32_matrices, batch_strides
+        self, batch, dim, length, dstate, groups, device, has_D, has_z, has_bias, softplus, fp32_matrices,
+        strides: _Strides,
     ):  # fmt: skip
         rows, group_size = batch * dim, dim // groups
         chunk = _chunk_length(rows, length)
         chunks = triton.cdiv(length, chunk)
         spans = chunks * (chunk // CHECKPOINT)
         self.shape, self.dstate = (batch, dim, length), dstate
+        # sequences and their gradients in (dim, batch, L) order, as the Mamba mixer's projections give them
+        self.channel_major = strides.out_batch != dim * length
         flags = dict(HAS_BIAS=has_bias, SOFTPLUS=softplus, CHUNK=chunk, STEPS=STEPS)
         operand_flags = dict(HAS_D=has_D, HAS_Z=has_z, **flags)
 
         def walk(kernel, layout, strides, max_registers=None, **constants):
-            """A launcher over (batch, group, FOLD channel blocks) x chunks, and the sizes and operands' batch
-            strides it takes after its pointers."""
+            """A launcher over (batch, group, FOLD channel blocks) x chunks, and the sizes and strides it takes
+            after its pointers."""
             grid = (batch * groups * layout.blocks // constants.get("FOLD", 1), chunks)
             sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks, *strides)
             options = dict(num_warps=layout.warps, maxnreg=max_registers)
@@ -682,17 +709,16 @@ class _Plan:
 
         forward, summary = (_layout(dstate, group_size, states) for states in (FORWARD_STATES, SUMMARY_STATES))
         gradient = _layout(dstate, group_size, GRADIENT_STATES, GRADIENT_WARPS)
-        # batch strides of u, delta, B, C, z; the summary reads the first three
         self.forward_summary, self.summary_sizes = walk(
-            _forward_summary_kernel, forward, batch_strides[:3], FORWARD_SUMMARY_REGISTERS, **flags
+            _forward_summary_kernel, forward, strides.summary(), FORWARD_SUMMARY_REGISTERS, **flags
         )
-        self.forward_output, self.forward_sizes = walk(_forward_output_kernel, forward, batch_strides, **operand_flags)
+        self.forward_output, self.forward_sizes = walk(_forward_output_kernel, forward, strides, **operand_flags)
         self.backward_summary, self.adjoint_sizes = walk(
-            _backward_summary_kernel, summary, batch_strides, SPAN=CHECKPOINT, **operand_flags
+            _backward_summary_kernel, summary, strides, SPAN=CHECKPOINT, **operand_flags
         )
         fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks)
         self.gradient, self.gradient_sizes = walk(
-            _backward_kernel, gradient, batch_strides, SPAN=CHECKPOINT, FOLD=fold, **operand_flags
+            _backward_kernel, gradient, strides, SPAN=CHECKPOINT, FOLD=fold, **operand_flags
         )
         block_n = triton.next_power_of_2(dstate)
         carry = dict(BLOCK_C=max(16, min(triton.next_power_of_2(chunks), 4096 // block_n)), BLOCK_N=block_n)
@@ -728,7 +754,7 @@ class _Plan:
         """(out, the chunks' sums of dt and entry states for the backward, last state or None)."""
         total, split = self.forward_workspace
         state, dtsum, entry, final = torch.empty(total, dtype=torch.float32, device=u.device).split(split)
-        out = _contiguous_like(u)
+        out = _empty_sequence(u, self.channel_major)
         self.forward_summary(u, delta, A, B, bias, state, dtsum, *self.summary_sizes)
         self.carry[False](A, dtsum, state, entry, final, *self.carry_sizes)
         self.forward_output(u, delta, A, B, C, D, z, bias, entry, out, *self.forward_sizes)
@@ -743,9 +769,10 @@ class _Plan:
         regions = torch.empty(total, dtype=torch.float32, device=u.device).split(split)
         checkpoints, adjoint, incoming, first_adjoint, dA_part, dD_part, dbias_part, dB_part, dC_part = regions
         operands = (u, delta, A, B, C, D, z, bias)
-        # contiguous, whatever the operands' batch strides
-        du, ddelta, dA, dB, dC = (_contiguous_like(x) for x in (u, delta, A, B, C))
-        dz, dD, dbias = (None if x is None else _contiguous_like(x) for x in (z, D, bias))
+        du, ddelta = (_empty_sequence(x, self.channel_major) for x in (u, delta))
+        dz = None if z is None else _empty_sequence(z, self.channel_major)
+        dA, dB, dC = (_contiguous_like(x) for x in (A, B, C))
+        dD, dbias = (None if x is None else _contiguous_like(x) for x in (D, bias))
         if self.direct_matrices:
             dB_part, dC_part = dB, dC
         self.backward_summary(*operands, entry, dout, checkpoints, adjoint, *self.adjoint_sizes)
@@ -761,20 +788,19 @@ class _Plan:
 _PLANS: dict[tuple, _Plan] = {}
 
 
-def _plan(u, delta, A, B, C, D, z, delta_bias, softplus: bool) -> _Plan:
+def _plan(u, A, B, C, D, z, delta_bias, softplus: bool, strides: _Strides) -> _Plan:
     """The plan for these operands, keyed by everything a kernel is specialised on (pointers are always 16-byte
     aligned, and delta has u's dtype)."""
     optional = tuple(None if x is None else x.dtype for x in (D, z, delta_bias))
     groups = B.shape[1] if B.dim() == 4 else 1
-    batch_strides = tuple(0 if x is None else x.stride(0) for x in (u, delta, B, C, z))
     key = (u.device.index, *u.shape, A.shape[1], groups, u.dtype, A.dtype, B.dtype, C.dtype, *optional, softplus)
-    key += batch_strides
+    key += strides
     plan = _PLANS.get(key)
     if plan is None:
         batch, dim, length = u.shape
         plan = _PLANS[key] = _Plan(
             batch, dim, length, A.shape[1], groups, u.device.index, D is not None, z is not None,
-            delta_bias is not None, softplus, B.dtype == C.dtype == torch.float32, batch_strides,
+            delta_bias is not None, softplus, B.dtype == C.dtype == torch.float32, strides,
         )  # fmt: skip
     return plan
 
@@ -797,14 +823,44 @@ def _entries_contiguous(x: torch.Tensor) -> bool:
     return True
 
 
-def _batched(x: torch.Tensor | None) -> torch.Tensor | None:
-    """A batched operand (u, delta, B, C, z) as the kernels read it: each batch entry contiguous, 16-byte aligned,
-    at any batch stride. Slices of a larger tensor, such as the Mamba mixer's x, z, B and C, are read in place."""
+def _channel_major(x: torch.Tensor) -> bool:
+    """Whether a (batch, dim, L) tensor is laid out in (dim, batch, L) order, as the Mamba mixer's projections give
+    u, delta and z."""
+    batch, dim, length = x.shape
+    return batch > 1 and dim > 1 and x.stride() == (length, batch * length, 1)
+
+
+def _empty_sequence(x: torch.Tensor, channel_major: bool) -> torch.Tensor:
+    """An uninitialised tensor of ``x``'s shape and dtype, in (dim, batch, L) order or contiguous."""
+    if not channel_major:
+        return _contiguous_like(x)
+    batch, dim, length = x.shape
+    return torch.empty(dim, batch, length, dtype=x.dtype, device=x.device).transpose(0, 1)
+
+
+def _sequence_operand(x: torch.Tensor | None, channel_major: bool) -> torch.Tensor | None:
+    """A sequence operand (u, delta, z) or dy as the kernels read it, 16-byte aligned: in (dim, batch, L) order, or
+    else with each batch entry contiguous at any batch stride (slices of a larger tensor are read in place). A copy
+    only where ``x`` is laid out otherwise."""
     if x is None:
         return None
-    if not _entries_contiguous(x):
-        x = x.contiguous()
-    return x if x.data_ptr() % 16 == 0 else x.clone(memory_format=torch.contiguous_format)
+    fits = _channel_major(x) if channel_major else _entries_contiguous(x)
+    if fits and x.data_ptr() % 16 == 0:
+        return x
+    return _empty_sequence(x, channel_major).copy_(x)
+
+
+def _matrix_operand(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """B or C, (batch, N, L) or (batch, G, N, L), with its batch and row strides: read in place where its steps are
+    adjacent and a group's N rows evenly spaced, 16-byte aligned; else a contiguous copy."""
+    dstate, length = x.shape[-2:]
+    row = x.stride(-2) if dstate > 1 else length
+    steps_adjacent = x.stride(-1) == 1 or length == 1
+    groups_spaced = x.dim() == 3 or x.shape[1] == 1 or x.stride(1) == dstate * row
+    if steps_adjacent and groups_spaced and x.data_ptr() % 16 == 0:
+        return x, x.stride(0), row
+    x = x.clone(memory_format=torch.contiguous_format)
+    return x, x.stride(0), length
 
 
 def _on_device(x: torch.Tensor):
@@ -817,10 +873,16 @@ def _on_device(x: torch.Tensor):
 class SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-        u, delta, B, C, z = map(_batched, (u, delta, B, C, z))
+        channel_major = _channel_major(u)
+        u, delta, z = (_sequence_operand(x, channel_major) for x in (u, delta, z))
+        (B, B_batch, B_row), (C, C_batch, C_row) = _matrix_operand(B), _matrix_operand(C)
         A, D, delta_bias = map(_aligned, (A, D, delta_bias))
         operands = (u, delta, A, B, C, D, z, delta_bias)
-        plan = _plan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
+        batch, dim, length = u.shape
+        row, out_batch = (batch * length, length) if channel_major else (length, dim * length)
+        z_batch = 0 if z is None else z.stride(0)
+        strides = _Strides(u.stride(0), delta.stride(0), z_batch, row, out_batch, B_batch, B_row, C_batch, C_row)
+        plan = _plan(u, A, B, C, D, z, delta_bias, bool(delta_softplus), strides)
         with _on_device(u):
             out, dtsum, entry, last_state = plan.forward(*operands, return_last_state)
         ctx.save_for_backward(*operands, dtsum, entry)
@@ -833,7 +895,9 @@ class SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, *unused):
         with _on_device(dout):
-            return (*ctx.plan.backward(*ctx.saved_tensors, _aligned(dout)), None, None)
+            # dy is read at the output's strides
+            dout = _sequence_operand(dout, True) if ctx.plan.channel_major else _aligned(dout)
+            return (*ctx.plan.backward(*ctx.saved_tensors, dout), None, None)
 
 
 def selective_scan_triton(
