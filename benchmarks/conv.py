@@ -2,9 +2,10 @@
 
     python benchmarks/conv.py          # the Mamba(64) mixer's convolution: (batch, channels, L) = (2, 128, 32768)
 
-The input is the first half of the channels of a (batch, 2 channels, L) tensor, as the mixer passes x from its input
-projection. Each path's forward and forward+backward are captured once in a CUDA graph and their replays timed
-(medians, GPU time without the host's). causal-conv1d's row is left out where it is not installed.
+The input is x as the mixer passes it, the first half of its input projection's (2 channels, batch, L) rows, and
+the output's gradient comes in the same channel-major order. Each path's forward and forward+backward are captured
+once in a CUDA graph and their replays timed (medians, GPU time without the host's). causal-conv1d's row is left
+out where it is not installed.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def main() -> None:
     args = parser.parse_args()
     batch, channels, length, K = args.batch, args.channels, args.length, args.width
     torch.manual_seed(0)
-    x = torch.randn(batch, 2 * channels, length, device="cuda")[:, :channels].requires_grad_()
+    x = torch.randn(2 * channels, batch, length, device="cuda")[:channels].transpose(0, 1).requires_grad_()
     weight = torch.randn(channels, K, device="cuda", requires_grad=True)
     bias = torch.randn(channels, device="cuda", requires_grad=True)
-    grad = torch.randn(batch, channels, length, device="cuda")
+    grad = torch.randn(channels, batch, length, device="cuda").transpose(0, 1)
     paths = {
         "Triton (ours)": lambda: causal_conv1d_silu_triton(x, weight, bias),
         "F.conv1d + SiLU": lambda: F.silu(

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from monai_mamba_nets import BidirectionalMamba, Mamba
-from monai_mamba_nets.layers.mamba import PER_ENTRY_WEIGHT_GRADIENT_BATCH, _project
 from monai_mamba_nets.ops import selective_scan_ref
 
 # mamba_ssm.Mamba(d_model=64) state dict (mamba_ssm/modules/mamba_simple.py, defaults)
@@ -92,24 +91,10 @@ def test_gradients_match_step_by_step_reference():
         torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
-@pytest.mark.parametrize("to_tokens", [False, True])
-@pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("batch", [2, PER_ENTRY_WEIGHT_GRADIENT_BATCH + 1])
-def test_channel_projection_gradients(to_tokens, with_bias, batch):
-    """Both weight-gradient paths (one product per batch entry, one batched product), reading a transposed view."""
-    torch.manual_seed(7)
-    x = torch.randn(batch, 5, 3, dtype=torch.float64).transpose(1, 2).requires_grad_()  # (batch, 3, L=5)
-    weight = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(4, dtype=torch.float64, requires_grad=True) if with_bias else None
-    out = _project(x, weight, bias, to_tokens)
-    expected = torch.einsum("oi,bil->bol", weight, x) + (0 if bias is None else bias[:, None])
-    assert out.is_contiguous()
-    torch.testing.assert_close(out, expected.transpose(1, 2) if to_tokens else expected)
-    assert torch.autograd.gradcheck(lambda *a: _project(*a, to_tokens), (x, weight, bias))
-
-
-def test_scan_gets_slices_of_the_projections(monkeypatch):
-    """z is half of the input projection and B, C are slices of x_proj's output, handed to the scan uncopied."""
+def test_scan_gets_channel_major_views_of_the_projections(monkeypatch):
+    """z, delta, B and C reach the scan as (batch, channels, L) views of the projections' (channels, batch * L)
+    rows, uncopied; z is half of the input projection, B and C slices of x_proj's output. (x is the convolution's
+    output: channel-major from the GPU kernels, contiguous from ``F.conv1d`` here.)"""
     from monai_mamba_nets.layers import mamba as mamba_layer
 
     seen, scan = {}, mamba_layer.selective_scan
@@ -120,10 +105,13 @@ def test_scan_gets_slices_of_the_projections(monkeypatch):
 
     monkeypatch.setattr(mamba_layer, "selective_scan", recording_scan)
     m = Mamba(16)
-    m(torch.randn(2, 9, 16))
-    assert seen["z"]._base is not None and seen["z"]._base.shape == (2, 2 * m.d_inner, 9)
-    assert seen["B"]._base is seen["C"]._base and seen["B"]._base.shape == (2, m.dt_rank + 2 * m.d_state, 9)
-    assert seen["u"].is_contiguous() and seen["delta"].is_contiguous()
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    m(x).sum().backward()
+    for name in ("z", "delta", "B", "C"):
+        assert seen[name].stride() == (9, 2 * 9, 1), name
+    assert seen["z"]._base is not None and seen["z"]._base.shape == (2 * m.d_inner, 2 * 9)
+    assert seen["B"]._base is seen["C"]._base and seen["B"]._base.shape == (m.dt_rank + 2 * m.d_state, 2 * 9)
+    assert x.grad.is_contiguous()
 
 
 def test_mixer_is_causal():
@@ -155,7 +143,7 @@ def test_scan_runs_in_float32_under_autocast():
     assert inner.dtype == torch.float32
     assert out.dtype == torch.bfloat16
     assert torch.allclose(out.float(), m(x), rtol=5e-2, atol=5e-2)
-    out.float().square().sum().backward()  # outside autocast: the projections' backward takes the forward's state
+    out.float().square().sum().backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32, name
 

@@ -8,7 +8,6 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from ..ops.scan_cuda import cuda_extension
 from ..ops.selective_scan import selective_scan
@@ -59,59 +58,19 @@ def causal_conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return F.silu(conv(x)[..., : x.shape[-1]])
 
 
-# up to this many batch entries, a projection's weight gradient is summed from one matrix product per entry
-PER_ENTRY_WEIGHT_GRADIENT_BATCH = 16
+def _channel_rows(x: torch.Tensor) -> torch.Tensor:
+    """A (batch, channels, L) tensor as (channels, batch * L) rows: a view where it is channel-major, else a copy."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
 
 
-class _ChannelProjection(torch.autograd.Function):
-    """``weight`` (out, in) and ``bias`` (out,) applied to every step of a channel-first ``x`` (batch, in, L), read at
-    its strides: a transposed view of tokens or a slice along the channels costs no copy. The result is channel-first
-    (batch, out, L) or, with ``to_tokens``, tokens (batch, L, out); contiguous either way.
-
-    Autograd would take the weight's gradient from a batched matrix product that reduces over the L steps of each
-    batch entry, which cuBLAS does not split: about 1 ms per projection at the mixer's (2, 32768) on the H100, longer
-    than the scan. Up to PER_ENTRY_WEIGHT_GRADIENT_BATCH entries it is summed from one product per entry instead,
-    whose long reduction cuBLAS splits. The backward runs under the forward's autocast state.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, to_tokens):
-        device = x.device.type
-        ctx.autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias, ctx.to_tokens = bias is not None, to_tokens
-        if to_tokens:
-            weight = weight.t().expand(x.shape[0], -1, -1)
-            return torch.bmm(x.mT, weight) if bias is None else torch.baddbmm(bias, x.mT, weight)
-        weight = weight.expand(x.shape[0], -1, -1)
-        return torch.bmm(weight, x) if bias is None else torch.baddbmm(bias[:, None], weight, x)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad = grad.mT if ctx.to_tokens else grad  # (batch, out, L) either way
-        batch = x.shape[0]
-        dx = dweight = dbias = None
-        enabled, dtype = ctx.autocast
-        with torch.autocast(grad.device.type, dtype=dtype, enabled=enabled):
-            if ctx.needs_input_grad[0]:
-                dx = torch.bmm(weight.t().expand(batch, -1, -1), grad)
-            if ctx.needs_input_grad[1] and batch <= PER_ENTRY_WEIGHT_GRADIENT_BATCH:
-                dweight = torch.mm(grad[0], x[0].mT)
-                for b in range(1, batch):
-                    dweight = torch.addmm(dweight, grad[b], x[b].mT)
-            elif ctx.needs_input_grad[1]:
-                dweight = torch.bmm(grad, x.mT).sum(0)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            dbias = grad.sum((0, 2))
-        return dx, dweight, dbias, None
+def _project_rows(weight: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A linear layer over channel-major rows (channels, tokens): weight @ rows, plus the bias of each output row."""
+    return torch.mm(weight, rows) if bias is None else torch.addmm(bias[:, None], weight, rows)
 
 
-def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, to_tokens: bool = False):
-    """A linear layer over the channels of a channel-first ``x`` (batch, in, L): channel-first (batch, out, L), or
-    tokens (batch, L, out) with ``to_tokens``, without copying ``x`` (:class:`_ChannelProjection`)."""
-    return _ChannelProjection.apply(x, weight, bias, to_tokens)
+def _sequences(rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """(channels, batch * L) rows as a channel-major (batch, channels, L) view."""
+    return rows.view(rows.shape[0], batch, -1).transpose(0, 1)
 
 
 def init_dt_projection(
@@ -199,21 +158,24 @@ class Mamba(nn.Module):
         self.dt_proj.bias._no_reinit = True
 
     def inner(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Everything before ``out_proj``: tokens (batch, L, d_model) -> gated scan output, channel-first
-        (batch, d_inner, L), fp32 (fp64 for a float64 model).
+        """Everything before ``out_proj``: tokens (batch, L, d_model) -> gated scan output (batch, d_inner, L),
+        channel-major, fp32 (fp64 for a float64 model).
 
-        Every step runs channel-first, where the scan reads its operands: the projections are batched matrix
-        products, and x, z, B and C reach the scan as slices of the projections' outputs, with no copy.
+        Every step runs on channel-major rows, (channels, batch * L), and hands the scan channel-major
+        (batch, channels, L) views: each projection is one matrix product over all tokens, and x, z, delta, B and C
+        reach the scan, and its output the output projection, with no copy.
         """
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(
                 f"Mamba: input must be (batch, L, d_model={self.d_model}), got shape {tuple(hidden_states.shape)}."
             )
-        xz = _project(hidden_states.transpose(1, 2), self.in_proj.weight, self.in_proj.bias)
-        x, z = xz.chunk(2, dim=1)
+        batch = hidden_states.shape[0]
+        tokens = hidden_states.reshape(-1, self.d_model).t()
+        xz = _project_rows(self.in_proj.weight, tokens, self.in_proj.bias)
+        x, z = (_sequences(rows, batch) for rows in xz.chunk(2))
         x = causal_conv1d_silu(x, self.conv1d)
-        dt, B, C = _project(x, self.x_proj.weight).split([self.dt_rank, self.d_state, self.d_state], dim=1)
-        dt = _project(dt, self.dt_proj.weight)
+        dt, B, C = _project_rows(self.x_proj.weight, _channel_rows(x)).split([self.dt_rank, self.d_state, self.d_state])
+        dt, B, C = (_sequences(rows, batch) for rows in (_project_rows(self.dt_proj.weight, dt), B, C))
         # the scan runs in fp32 (fp64 for a float64 model) whatever autocast does, as in mamba-ssm
         scan_dtype = torch.promote_types(self.D.dtype, torch.float32)
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
@@ -236,13 +198,15 @@ class Mamba(nn.Module):
             hidden_states: tokens (batch, L, d_model).
 
         Returns:
-            (batch, L, d_model), contiguous; or a (batch, L, d_inner) view of :meth:`inner`'s channel-first output
+            (batch, L, d_model), contiguous; or a (batch, L, d_inner) view of :meth:`inner`'s channel-major output
             when built with ``project_output=False``.
         """
         y = self.inner(hidden_states)
-        if isinstance(self.out_proj, nn.Linear):
-            return _project(y, self.out_proj.weight, self.out_proj.bias, to_tokens=True)
-        return y.transpose(1, 2)
+        if not isinstance(self.out_proj, nn.Linear):
+            return y.transpose(1, 2)
+        # the rows read as a transposed matrix: the tokens come out contiguous, and y's gradient channel-major
+        tokens = F.linear(_channel_rows(y).t(), self.out_proj.weight, self.out_proj.bias)
+        return tokens.view(*hidden_states.shape[:2], -1)
 
 
 class BidirectionalMamba(nn.Module):
