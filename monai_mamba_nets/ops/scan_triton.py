@@ -699,11 +699,11 @@ class _Plan:
         flags = dict(HAS_BIAS=has_bias, SOFTPLUS=softplus, CHUNK=chunk, STEPS=STEPS)
         operand_flags = dict(HAS_D=has_D, HAS_Z=has_z, **flags)
 
-        def walk(kernel, layout, strides, max_registers=None, **constants):
+        def walk(kernel, layout, kernel_strides, max_registers=None, **constants):
             """A launcher over (batch, group, FOLD channel blocks) x chunks, and the sizes and strides it takes
             after its pointers."""
             grid = (batch * groups * layout.blocks // constants.get("FOLD", 1), chunks)
-            sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks, *strides)
+            sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks, *kernel_strides)
             options = dict(num_warps=layout.warps, maxnreg=max_registers)
             return _Launcher(kernel, grid, device, options, **constants, **layout.constants()), sizes
 
