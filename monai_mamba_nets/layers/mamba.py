@@ -68,6 +68,14 @@ def _project_rows(weight: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor |
     return torch.mm(weight, rows) if bias is None else torch.addmm(bias[:, None], weight, rows)
 
 
+def _project_tokens(projection: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``projection`` (a linear layer or identity) of every token of a (batch, channels, L) tensor: (batch, L, out).
+
+    The channel-major rows are read as a transposed matrix, so nothing is copied to token-major order first; a linear
+    layer gives contiguous tokens, and the rows' gradient comes back channel-major."""
+    return projection(_channel_rows(x).t()).view(x.shape[0], x.shape[2], -1)
+
+
 def _sequences(rows: torch.Tensor, batch: int) -> torch.Tensor:
     """(channels, batch * L) rows as a channel-major (batch, channels, L) view."""
     return rows.view(rows.shape[0], batch, -1).transpose(0, 1)
@@ -201,12 +209,7 @@ class Mamba(nn.Module):
             (batch, L, d_model), contiguous; or a (batch, L, d_inner) view of :meth:`inner`'s channel-major output
             when built with ``project_output=False``.
         """
-        y = self.inner(hidden_states)
-        if not isinstance(self.out_proj, nn.Linear):
-            return y.transpose(1, 2)
-        # the rows read as a transposed matrix: the tokens come out contiguous, and y's gradient channel-major
-        tokens = F.linear(_channel_rows(y).t(), self.out_proj.weight, self.out_proj.bias)
-        return tokens.view(*hidden_states.shape[:2], -1)
+        return _project_tokens(self.out_proj, self.inner(hidden_states))
 
 
 class BidirectionalMamba(nn.Module):
@@ -230,4 +233,5 @@ class BidirectionalMamba(nn.Module):
         """(batch, L, d_model) -> (batch, L, d_model)."""
         forward = self.mamba_forw(hidden_states)
         backward = self.mamba_backw(hidden_states.flip(1)).flip(1)
-        return self.out_proj(forward + backward)
+        # token views of channel-major results, as is their sum
+        return _project_tokens(self.out_proj, (forward + backward).transpose(1, 2))
