@@ -125,15 +125,11 @@ def _thop_mamba_children(module: Mamba, x: torch.Tensor, y: torch.Tensor) -> dic
     """thop's MACs of a Mamba's projections and convolution, each called once on the Mamba's tokens as a module
     (the convolution padded by d_conv - 1 on both sides), however our Mamba applies them."""
     batch, length = x.shape[:2]
-    tokens, di = batch * length, module.d_inner
-    children = {
-        module.in_proj: module.d_model * tokens * 2 * di,
-        module.conv1d: batch * di * (length + module.d_conv - 1) * module.d_conv,
-        module.x_proj: di * tokens * (module.dt_rank + 2 * module.d_state),
-        module.dt_proj: module.dt_rank * tokens * di,
-    }
-    if isinstance(module.out_proj, nn.Linear):
-        children[module.out_proj] = di * tokens * module.d_model
+    linears = [module.in_proj, module.x_proj, module.dt_proj]
+    linears += [module.out_proj] if isinstance(module.out_proj, nn.Linear) else []
+    # thop's linear rule, in_features * output elements, on one output per token
+    children = {linear: linear.in_features * batch * length * linear.out_features for linear in linears}
+    children[module.conv1d] = batch * module.d_inner * (length + module.d_conv - 1) * module.d_conv
     return children
 
 

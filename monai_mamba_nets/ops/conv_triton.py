@@ -136,7 +136,6 @@ class CausalConv1dSiluTriton(torch.autograd.Function):
             x, weight, bias, y, channels, length, *x.stride(), *y.stride()[:2], **constants
         )
         ctx.save_for_backward(x, weight, bias)
-        ctx.out_strides = y.stride()
         return y
 
     @staticmethod
@@ -145,7 +144,7 @@ class CausalConv1dSiluTriton(torch.autograd.Function):
         batch, channels, length = x.shape
         grid = _grid(batch, channels, length)
         tiles, K = batch * grid[0], weight.shape[1]
-        dx = torch.empty_strided(x.shape, ctx.out_strides, dtype=x.dtype, device=x.device)
+        dx = _empty_like_input(x)  # laid out like y
         if dy.stride() != dx.stride():
             dy = torch.empty_like(dx).copy_(dy)
         dw_tiles = torch.empty(tiles, K, channels, dtype=torch.float32, device=x.device)

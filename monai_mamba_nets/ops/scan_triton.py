@@ -437,13 +437,11 @@ def _block_gradients(
     u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
         u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, B_row, C_batch, C_row, dstate
     )
-    if HAS_Z:  # a None z_ptr has no address to move
-        z_ptr = _at_batch(z_ptr, batch, z_batch)
     # dy and the gradients of u, delta and z are laid out like the output
     dout_ptr, du_ptr = _at_batch(dout_ptr, batch, out_batch), _at_batch(du_ptr, batch, out_batch)
     ddelta_ptr = _at_batch(ddelta_ptr, batch, out_batch)
-    if HAS_Z:
-        dz_ptr = _at_batch(dz_ptr, batch, out_batch)
+    if HAS_Z:  # a None z_ptr has no address to move
+        z_ptr, dz_ptr = _at_batch(z_ptr, batch, z_batch), _at_batch(dz_ptr, batch, out_batch)
     sub_tile = tl.arange(0, SPAN // STEPS)[:, None, None, None]
     mask = channel_ok & n_ok
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
