@@ -193,6 +193,33 @@ def test_gradient_programs_fold_channel_blocks(shape, fp32_matrices, fold, parti
     assert partial_matrices == [0 if direct else batch * groups * partials * dstate * length] * 2
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize(
+    "shape, states, threads",
+    [
+        ((2, 64, 32768, 16), 16, 65536),  # 512 chunks of 64 steps: one thread per channel and chunk is enough
+        ((16, 64, 16384, 16), 16, 65536),
+        ((2, 256, 512, 16), 8, 16384),  # 16 chunks of the shortest length, 32 steps: two threads per channel
+        ((2, 128, 4096, 16), 8, 65536),
+        ((2, 64, 1024, 64), 16, 16384),  # N = 64 spreads a channel over 4 threads already: no split
+    ],
+)
+def test_forward_splits_states_where_chunks_give_few_threads(shape, states, threads):
+    """Short sequences cannot be cut into more chunks, so the forward kernels share a channel's states among more
+    threads there."""
+    from monai_mamba_nets.ops import scan_triton
+
+    batch, dim, length, dstate = shape
+    contiguous = scan_triton._Strides(
+        *[dim * length] * 3, length, dim * length, dstate * length, length, dstate * length, length
+    )
+    plan = scan_triton._Plan(batch, dim, length, dstate, 1, None, True, True, True, True, True, contiguous)
+    for launcher in (plan.forward_summary, plan.forward_output):
+        assert launcher.constants["NP"] == states
+        grid_threads = launcher.grid[0] * launcher.grid[1] * launcher.options["num_warps"] * 32
+        assert grid_threads == threads
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
 def test_forcing_triton_on_cpu_says_why():
     with pytest.raises(RuntimeError, match="backend 'triton' cannot run here: tensors are on cpu"):
@@ -221,7 +248,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     from monai_mamba_nets.ops import scan_triton, selective_scan_ref
 
     cases = [
-        dict(batch=2, dim=4, length=40, dstate=4, groups=None, dtype=torch.float32),
+        dict(batch=2, dim=4, length=40, dstate=16, groups=None, dtype=torch.float32),
         dict(batch=1, dim=6, length=37, dstate=5, groups=3, dtype=torch.float32),
         dict(batch=1, dim=4, length=200, dstate=16, groups=None, dtype=torch.float32),
         dict(batch=2, dim=4, length=1, dstate=4, groups=2, dtype=torch.float32),
@@ -257,9 +284,10 @@ _INTERPRETER_CHECK = textwrap.dedent("""
                 leaves[k] = arguments[k] = v.clone().requires_grad_()
         return leaves, arguments
 
-    folds = []
+    folds, forward_states = [], []
     for case, forward_threads, gradient_programs, layout in zip(cases, threads, programs, layouts):
-        # few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans). N = 64 gives
+        # the first case's forward shares each channel's 16 states between two threads (a short sequence: few chunks).
+        # Few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans). N = 64 gives
         # 2 channels per gradient program: two partial dB and dC to sum in the fifth case, and in the seventh, where
         # few programs are wanted, one program taking both blocks and adding up their dB and dC in place
         scan_triton.FORWARD_THREADS, scan_triton.GRADIENT_PROGRAMS = forward_threads, gradient_programs
@@ -281,6 +309,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         assert max(errors.values()) <= bound, (case, errors)
         (plan,) = scan_triton._PLANS.values()
         folds.append(plan.gradient.constants["FOLD"])
+        forward_states.append(plan.forward_output.constants["NP"])
         # sliced and channel-major operands are read in place, not copied
         strides = scan_triton._Strides(*plan.forward_sizes[-9:])
         u_batch, delta_batch, z_batch, B_batch, C_batch = batch_strides
@@ -292,6 +321,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         rows = (2 * length, length, 2 * length) if channel_major else (length, case["dim"] * length, length)
         assert (strides.row, strides.out_batch, strides.B_row) == rows
     assert folds[4:7] == [1, 1, 2], folds
+    assert forward_states[:3] == [8, 8, 16], forward_states
     print("interpreter check passed")
     """)
 

@@ -59,6 +59,11 @@ STEPS = 4  # steps of a sub-tile, kept in a thread's registers
 CHECKPOINT = 8 * STEPS  # the backward summary saves a state every CHECKPOINT steps; one span fits in registers
 # states per thread (the rest of N goes to neighbouring threads): fewer where a kernel keeps more tiles alive
 FORWARD_STATES = 16
+# the forward's states per thread where one thread would hold all of a channel's states and the chunks (at least
+# CHECKPOINT steps) give fewer than FORWARD_THREADS threads, as on short sequences at N = 16: twice the threads share
+# the work. On the H100, a third less forward GPU time at (2, 256, 512); slower at 128^3, where the threads are there
+# already, and at N = 64, whose channels are spread over 4 threads already
+SHORT_FORWARD_STATES = 8
 SUMMARY_STATES = 8
 GRADIENT_STATES = 4
 # one warp per gradient program: dB and dC are then summed over its channels with shuffles alone (with 4 warps, the
@@ -705,7 +710,10 @@ class _Plan:
             options = dict(num_warps=layout.warps, maxnreg=max_registers)
             return _Launcher(kernel, grid, device, options, **constants, **layout.constants()), sizes
 
-        forward, summary = (_layout(dstate, group_size, states) for states in (FORWARD_STATES, SUMMARY_STATES))
+        forward = _layout(dstate, group_size, FORWARD_STATES)
+        if forward.lanes == 1 and rows * chunks < FORWARD_THREADS:
+            forward = _layout(dstate, group_size, SHORT_FORWARD_STATES)
+        summary = _layout(dstate, group_size, SUMMARY_STATES)
         gradient = _layout(dstate, group_size, GRADIENT_STATES, GRADIENT_WARPS)
         self.forward_summary, self.summary_sizes = walk(
             _forward_summary_kernel, forward, strides.summary(), FORWARD_SUMMARY_REGISTERS, **flags
