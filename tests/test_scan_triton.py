@@ -220,6 +220,26 @@ def test_forward_splits_states_where_chunks_give_few_threads(shape, states, thre
         assert grid_threads == threads
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize(
+    "shape, chunks, inline",
+    [((2, 256, 512), 16, True), ((4, 192, 784), 25, False), ((2, 128, 4096), 128, False), ((2, 64, 32768), 512, False)],
+)
+def test_gradient_programs_fold_the_adjoint_carry_on_few_chunks(shape, chunks, inline):
+    """With few chunks the backward launches no carry kernel: the gradient programs fold the adjoint summaries."""
+    from monai_mamba_nets.ops import scan_triton
+
+    batch, dim, length = shape
+    matrix = 16 * length
+    contiguous = scan_triton._Strides(*[dim * length] * 3, length, dim * length, matrix, length, matrix, length)
+    plan = scan_triton._Plan(batch, dim, length, 16, 1, None, True, True, True, True, True, contiguous)
+    assert (plan.gradient.grid[1], plan.inline_carry, plan.gradient.constants["INLINE_CARRY"]) == (
+        chunks,
+        inline,
+        inline,
+    )
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
 def test_forcing_triton_on_cpu_says_why():
     with pytest.raises(RuntimeError, match="backend 'triton' cannot run here: tensors are on cpu"):
@@ -260,6 +280,8 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     ]
     threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 8, 8)
     programs = (1024, 1024, 1024, 1024, 1024, 1024, 1, 1024, 1024)
+    # plans of at most this many chunks fold the adjoint carry in the gradient kernel; 0 launches the carry kernel
+    inline_chunks = (16, 0, 16, 16, 0, 16, 16, 0, 16)
     layouts = (None,) * 7 + ("sliced", "channel-major")
     BATCHED = ("u", "delta", "z", "B", "C")
 
@@ -284,13 +306,16 @@ _INTERPRETER_CHECK = textwrap.dedent("""
                 leaves[k] = arguments[k] = v.clone().requires_grad_()
         return leaves, arguments
 
-    folds, forward_states = [], []
-    for case, forward_threads, gradient_programs, layout in zip(cases, threads, programs, layouts):
+    folds, forward_states, inline_carries = [], [], []
+    for case, forward_threads, gradient_programs, inline, layout in zip(
+        cases, threads, programs, inline_chunks, layouts
+    ):
         # the first case's forward shares each channel's 16 states between two threads (a short sequence: few chunks).
         # Few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans). N = 64 gives
         # 2 channels per gradient program: two partial dB and dC to sum in the fifth case, and in the seventh, where
         # few programs are wanted, one program taking both blocks and adding up their dB and dC in place
         scan_triton.FORWARD_THREADS, scan_triton.GRADIENT_PROGRAMS = forward_threads, gradient_programs
+        scan_triton.INLINE_CARRY_CHUNKS = inline
         scan_triton._PLANS.clear()  # plans are keyed by the operands alone: build this case's with these constants
         ops = scan_operands(**case, seed=case["length"])
         grad_out = torch.randn(case["batch"], case["dim"], case["length"])
@@ -310,6 +335,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         (plan,) = scan_triton._PLANS.values()
         folds.append(plan.gradient.constants["FOLD"])
         forward_states.append(plan.forward_output.constants["NP"])
+        inline_carries.append(plan.inline_carry)
         # sliced and channel-major operands are read in place, not copied
         strides = scan_triton._Strides(*plan.forward_sizes[-9:])
         u_batch, delta_batch, z_batch, B_batch, C_batch = batch_strides
@@ -322,6 +348,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         assert (strides.row, strides.out_batch, strides.B_row) == rows
     assert folds[4:7] == [1, 1, 2], folds
     assert forward_states[:3] == [8, 8, 16], forward_states
+    assert inline_carries == [bool(chunks) for chunks in inline_chunks], inline_carries
     print("interpreter check passed")
     """)
 

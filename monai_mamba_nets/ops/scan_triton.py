@@ -20,7 +20,8 @@ Backward, four launches, for the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}:
 1. summary: each chunk forward from its entry state (y is needed for the gate's gradient): the adjoint leaving
    the chunk's start from a zero adjoint after it, sum_t (prod_{k <= t} a_k) dy_t C_t, and the states at every
    ``CHECKPOINT`` steps;
-2. carry: the same scan, reversed, gives the adjoint entering every chunk from the right;
+2. carry: the same scan, reversed, gives the adjoint entering every chunk from the right (with few chunks, the
+   gradient programs fold it from the summaries themselves and this launch is left out);
 3. gradients: each chunk walks its checkpoint spans from the last; a span is rescanned forward from its
    checkpoint, keeping the state before every sub-tile in registers, then walked back sub-tile by sub-tile with
    the adjoint;
@@ -77,6 +78,15 @@ GRADIENT_PROGRAMS = 1024
 # chunk summaries to write and carry
 FORWARD_THREADS = 65536
 MAX_CHUNK = 4096
+# plans of at most this many chunks launch no backward carry kernel: each gradient program folds the adjoint summaries
+# of the chunks after its own, CARRY_LOADS at a time. On the H100 at (2, 256, 512), 16 chunks, that adds 0.8 us to the
+# gradient kernel against the carry kernel's 2.3 us, and spares a launch; at 25 chunks ((4, 192, 784)) it added 4.3 us
+# against 3.3 us, at 128 chunks 35 us. (Folded in the forward output kernel, it cost more than the carry kernel.)
+INLINE_CARRY_CHUNKS = 16
+CARRY_LOADS = 4
+# the sums kernel cuts the partial dB and dC into tiles for about this many programs: at (2, 256, 512), 32 partials
+# each, 8.0 -> 3.4 us on the H100 against 4096-entry tiles (32 programs)
+SUM_PROGRAMS = 256
 # a register cap for the forward summary kernel: 15 % faster on the H100 at L >= 16384 (more warps per SM)
 FORWARD_SUMMARY_REGISTERS = 128
 
@@ -255,6 +265,23 @@ def _gate_gradient(dout, z, y):
 
 
 @triton.jit
+def _adjoint_entering(
+    A, dtsum_ptr, adjoint_ptr, row, chunks, c, n, mask, channel_ok, dstate, CARRY_LOADS: tl.constexpr
+):
+    """The adjoint entering chunk ``c`` from the right, folded from the adjoint summaries of the chunks after it, as the
+    reverse carry kernel computes it: g = exp(A sum dt) g + adjoint summary, from the last chunk."""
+    g = tl.zeros_like(A)
+    count = chunks - 1 - c
+    for start in range(0, count, CARRY_LOADS):
+        for k in tl.static_range(CARRY_LOADS):  # unrolled, so that the loads of the summaries go out together
+            ok = start + k < count
+            summary = row * chunks + chunks - 1 - start - k
+            dtsum = tl.load(dtsum_ptr + summary, mask=channel_ok & ok, other=0.0)
+            g = _decay(dtsum, A) * g + tl.load(adjoint_ptr + summary * dstate + n, mask=mask & ok, other=0.0)
+    return g
+
+
+@triton.jit
 def _forward_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, state_ptr, dtsum_ptr,
     dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, row_stride, B_batch, B_row,
@@ -398,11 +425,12 @@ def _backward_summary_kernel(
 
 @triton.jit
 def _backward_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dtsum_ptr, dout_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, z_batch, row_stride, out_batch,
     B_batch, B_row, C_batch, C_row,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    INLINE_CARRY: tl.constexpr, CARRY_LOADS: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
     FOLD: tl.constexpr,
 ):  # fmt: skip
@@ -413,10 +441,11 @@ def _backward_kernel(
     """
     for part in range(FOLD):
         _block_gradients(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
-            du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dtsum_ptr,
+            dout_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
             dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, z_batch, row_stride,
-            out_batch, B_batch, B_row, C_batch, C_row, part, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, CHUNK, STEPS, SPAN, BD, NP, NL, FOLD,
+            out_batch, B_batch, B_row, C_batch, C_row, part, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, INLINE_CARRY,
+            CARRY_LOADS, CHUNK, STEPS, SPAN, BD, NP, NL, FOLD,
         )  # fmt: skip
         if FOLD > 1:
             tl.debug_barrier()  # the next block adds to the dB and dC stored by other threads
@@ -424,17 +453,18 @@ def _backward_kernel(
 
 @triton.jit
 def _block_gradients(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dout_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoint_ptr, adjoint_ptr, dtsum_ptr, dout_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, z_batch, row_stride, out_batch,
-    B_batch, B_row, C_batch, C_row, part, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    CHUNK: tl.constexpr, STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
-    FOLD: tl.constexpr,
+    B_batch, B_row, C_batch, C_row, part, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, INLINE_CARRY: tl.constexpr, CARRY_LOADS: tl.constexpr, CHUNK: tl.constexpr,
+    STEPS: tl.constexpr, SPAN: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """All gradients of one chunk of the program's channel block ``part``, walking its spans from the last.
 
     With a_t h_{t-1} = h_t - b_t: dA = sum dt g (h - b), ddt = sum_n g (A (h - b) + B u), du = dt sum_n g B + D dy,
-    dB = sum_d g dt u, dC = sum_d dy h. dB and dC are added to those of the program's earlier blocks.
+    dB = sum_d g dt u, dC = sum_d dy h. dB and dC are added to those of the program's earlier blocks. ``adjoint_ptr``
+    holds the adjoint entering each chunk from the right, or with ``INLINE_CARRY`` the chunks' adjoint summaries.
     """
     batch, group, row, seq, channel, channel_ok, n, n_ok, c, step = _program(
         dim, row_stride, dstate, group_size, groups, blocks, part, STEPS, BD, NP, NL, FOLD
@@ -453,7 +483,12 @@ def _block_gradients(
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
     partial = tl.program_id(0).to(tl.int64) * dstate * length
     # the adjoint entering the sub-tile from the right, times the decay of its first step: a_{t+1} g_{t+1}
-    incoming = tl.load(adjoint_ptr + (row * chunks + c) * dstate + n, mask=mask, other=0.0)
+    if INLINE_CARRY:
+        incoming = _adjoint_entering(
+            A, dtsum_ptr, adjoint_ptr, row, chunks, c, n, mask, channel_ok, dstate, CARRY_LOADS
+        )
+    else:
+        incoming = tl.load(adjoint_ptr + (row * chunks + c) * dstate + n, mask=mask, other=0.0)
     dA = tl.zeros([1, NL, BD, NP], tl.float32)
     dD = tl.zeros([1, NL, BD, 1], tl.float32)
     dbias = tl.zeros([1, NL, BD, 1], tl.float32)
@@ -700,6 +735,7 @@ class _Plan:
         # sequences and their gradients in (dim, batch, L) order, as the Mamba mixer's projections give them
         self.channel_major = strides.out_batch != dim * length
         flags = dict(HAS_BIAS=has_bias, SOFTPLUS=softplus, CHUNK=chunk, STEPS=STEPS)
+        self.inline_carry = chunks <= INLINE_CARRY_CHUNKS
         operand_flags = dict(HAS_D=has_D, HAS_Z=has_z, **flags)
 
         def walk(kernel, layout, kernel_strides, max_registers=None, **constants):
@@ -724,8 +760,9 @@ class _Plan:
         )
         fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks)
         self.gradient, self.gradient_sizes = walk(
-            _backward_kernel, gradient, strides, SPAN=CHECKPOINT, FOLD=fold, **operand_flags
-        )
+            _backward_kernel, gradient, strides, SPAN=CHECKPOINT, FOLD=fold,
+            INLINE_CARRY=self.inline_carry, CARRY_LOADS=CARRY_LOADS, **operand_flags,
+        )  # fmt: skip
         block_n = triton.next_power_of_2(dstate)
         carry = dict(BLOCK_C=max(16, min(triton.next_power_of_2(chunks), 4096 // block_n)), BLOCK_N=block_n)
         self.carry = {
@@ -737,7 +774,9 @@ class _Plan:
         # one gradient program per (batch, group, chunk): its dB and dC are the sums, written in place where fp32
         self.direct_matrices = partials == 1 and fp32_matrices
         block_p = min(triton.next_power_of_2(partials), 8)
-        block_m = 4096 // block_p
+        # tiles of at most 4096 partial entries, small enough for about SUM_PROGRAMS programs to share the matrices
+        matrix = batch * groups * dstate * length
+        block_m = max(64, min(4096 // block_p, triton.next_power_of_2(triton.cdiv(matrix, SUM_PROGRAMS))))
         matrix_programs = 0 if self.direct_matrices else batch * groups * triton.cdiv(dstate * length, block_m)
         self.sums = _Launcher(
             _sum_partials_kernel, (dim + matrix_programs,), device,
@@ -782,10 +821,13 @@ class _Plan:
         if self.direct_matrices:
             dB_part, dC_part = dB, dC
         self.backward_summary(*operands, entry, dout, checkpoints, adjoint, *self.adjoint_sizes)
-        self.carry[True](A, dtsum, adjoint, incoming, first_adjoint, *self.carry_sizes)
+        if self.inline_carry:
+            incoming = adjoint  # the gradient programs fold the adjoint summaries themselves
+        else:
+            self.carry[True](A, dtsum, adjoint, incoming, first_adjoint, *self.carry_sizes)
         self.gradient(
-            *operands, checkpoints, incoming, dout, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part,
-            *self.gradient_sizes,
+            *operands, checkpoints, incoming, dtsum, dout, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part,
+            dbias_part, *self.gradient_sizes,
         )  # fmt: skip
         self.sums(dA_part, dD_part, dbias_part, dB_part, dC_part, dA, dD, dbias, dB, dC, *self.sums_sizes)
         return du, ddelta, dA, dB, dC, dD, dz, dbias
