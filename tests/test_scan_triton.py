@@ -166,6 +166,17 @@ def test_mamba_mixer_with_triton_scan():
         assert relative_error(grads[name], p.grad) <= 1e-3, name
 
 
+def contiguous_plan(batch, dim, length, dstate, groups=1, fp32_matrices=True):
+    """The Triton plan (built on the CPU, nothing launched) for contiguous fp32 operands with z, D and delta_bias."""
+    from monai_mamba_nets.ops import scan_triton
+
+    matrix = groups * dstate * length
+    contiguous = scan_triton._Strides(*[dim * length] * 3, length, dim * length, matrix, length, matrix, length)
+    return scan_triton._Plan(
+        batch, dim, length, dstate, groups, None, True, True, True, True, fp32_matrices, contiguous
+    )  # fmt: skip
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
 @pytest.mark.parametrize(
     "shape, fp32_matrices, fold, partials, direct",
@@ -181,11 +192,7 @@ def test_gradient_programs_fold_channel_blocks(shape, fp32_matrices, fold, parti
     from monai_mamba_nets.ops import scan_triton
 
     batch, dim, length, dstate, groups = shape
-    matrix = groups * dstate * length
-    contiguous = scan_triton._Strides(*[dim * length] * 3, length, dim * length, matrix, length, matrix, length)
-    plan = scan_triton._Plan(
-        batch, dim, length, dstate, groups, None, True, True, True, True, fp32_matrices, contiguous
-    )  # fmt: skip
+    plan = contiguous_plan(batch, dim, length, dstate, groups, fp32_matrices)
     assert (plan.gradient.constants["FOLD"], plan.sums_sizes[-1], plan.direct_matrices) == (fold, partials, direct)
     programs = plan.gradient.grid[0] * plan.gradient.grid[1]
     assert programs >= scan_triton.GRADIENT_PROGRAMS or fold == 1
@@ -207,13 +214,7 @@ def test_gradient_programs_fold_channel_blocks(shape, fp32_matrices, fold, parti
 def test_forward_splits_states_where_chunks_give_few_threads(shape, states, threads):
     """Short sequences cannot be cut into more chunks, so the forward kernels share a channel's states among more
     threads there."""
-    from monai_mamba_nets.ops import scan_triton
-
-    batch, dim, length, dstate = shape
-    contiguous = scan_triton._Strides(
-        *[dim * length] * 3, length, dim * length, dstate * length, length, dstate * length, length
-    )
-    plan = scan_triton._Plan(batch, dim, length, dstate, 1, None, True, True, True, True, True, contiguous)
+    plan = contiguous_plan(*shape)
     for launcher in (plan.forward_summary, plan.forward_output):
         assert launcher.constants["NP"] == states
         grid_threads = launcher.grid[0] * launcher.grid[1] * launcher.options["num_warps"] * 32
@@ -227,17 +228,9 @@ def test_forward_splits_states_where_chunks_give_few_threads(shape, states, thre
 )
 def test_gradient_programs_fold_the_adjoint_carry_on_few_chunks(shape, chunks, inline):
     """With few chunks the backward launches no carry kernel: the gradient programs fold the adjoint summaries."""
-    from monai_mamba_nets.ops import scan_triton
-
-    batch, dim, length = shape
-    matrix = 16 * length
-    contiguous = scan_triton._Strides(*[dim * length] * 3, length, dim * length, matrix, length, matrix, length)
-    plan = scan_triton._Plan(batch, dim, length, 16, 1, None, True, True, True, True, True, contiguous)
-    assert (plan.gradient.grid[1], plan.inline_carry, plan.gradient.constants["INLINE_CARRY"]) == (
-        chunks,
-        inline,
-        inline,
-    )
+    plan = contiguous_plan(*shape, dstate=16)
+    assert plan.gradient.grid[1] == chunks
+    assert plan.inline_carry == plan.gradient.constants["INLINE_CARRY"] == inline
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
