@@ -193,7 +193,7 @@ def test_gradient_programs_fold_channel_blocks(shape, fp32_matrices, fold, parti
 
     batch, dim, length, dstate, groups = shape
     plan = contiguous_plan(batch, dim, length, dstate, groups, fp32_matrices)
-    assert (plan.gradient.constants["FOLD"], plan.sums_sizes[-1], plan.direct_matrices) == (fold, partials, direct)
+    assert (plan.gradient.constants["FOLD"], plan.sums.sizes[-1], plan.direct_matrices) == (fold, partials, direct)
     programs = plan.gradient.grid[0] * plan.gradient.grid[1]
     assert programs >= scan_triton.GRADIENT_PROGRAMS or fold == 1
     partial_matrices = plan.backward_workspace[1][-2:]
@@ -330,7 +330,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         forward_states.append(plan.forward_output.constants["NP"])
         inline_carries.append(plan.inline_carry)
         # sliced and channel-major operands are read in place, not copied
-        strides = scan_triton._Strides(*plan.forward_sizes[-9:])
+        strides = scan_triton._Strides(*plan.forward_output.sizes[-9:])
         u_batch, delta_batch, z_batch, B_batch, C_batch = batch_strides
         assert (strides.u_batch, strides.delta_batch, strides.B_batch, strides.C_batch) == (
             u_batch, delta_batch, B_batch, C_batch

@@ -615,38 +615,59 @@ def _version(text: str) -> tuple[int, ...]:
 _COMPILED_LAUNCH = _version(triton.__version__) >= (3, 3)
 
 
+def _launch_hooks_set() -> bool:
+    """Whether a profiler has hooked Triton's launches (a chain of hooks in Triton 3.4 and later, a function or None
+    before): those launches then go through the path that calls the hooks."""
+    hooks = (triton.knobs.runtime.launch_enter_hook, triton.knobs.runtime.launch_exit_hook)
+    return any(getattr(hook, "calls", hook) for hook in hooks)
+
+
 class _Launcher:
-    """One kernel at one fixed configuration, launched through the binary Triton compiled at its first call.
+    """One kernel at one fixed configuration and size, launched through the binary Triton compiled at its first call.
 
     ``kernel[grid](...)`` derives every argument's specialisation and looks the binary up at each call: 50-100 us
     of host time per launch on the GPU machine, more than the kernels themselves take at short sequences
     (docs/performance.md). A launcher belongs to one plan (shapes, dtypes and constants fixed, pointers 16-byte
-    aligned), so its binary fits every later call. Every call goes through ``kernel[grid]`` under Triton's
-    interpreter, which compiles no binary, and before Triton 3.3, whose launchers took the arguments in another form.
+    aligned), so its binary fits every later call, which passes the tensors' addresses and the plan's sizes straight
+    to the binary's launcher. Every call goes through ``kernel[grid]`` under Triton's interpreter, which compiles no
+    binary, and before Triton 3.3, whose launchers took the arguments in another form.
+
+    Args:
+        kernel: the ``triton.jit`` kernel.
+        grid: its grid, 1 to 3 dimensions.
+        device: the CUDA device index it runs on.
+        options: compile options (``num_warps``, ``maxnreg``).
+        sizes: the integer parameters that follow its pointers.
+        constants: its ``tl.constexpr`` parameters, which must be its last ones.
     """
 
-    def __init__(self, kernel, grid: tuple[int, ...], device: int, options: dict, **constants):
+    def __init__(self, kernel, grid: tuple[int, ...], device: int, options: dict, sizes: tuple[int, ...], **constants):
         names = kernel.arg_names[len(kernel.arg_names) - len(constants) :]
         if set(names) != set(constants):
             raise TypeError(f"{kernel}: constants {sorted(constants)} are not its last parameters {names}")
         self.kernel, self.device, self.options, self.constants = kernel, device, options, constants
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
-        self.trailing = tuple(constants[name] for name in names)
+        self.sizes = tuple(sizes)
+        self.trailing = self.sizes + tuple(constants[name] for name in names)
         self.compiled = None
 
-    def __call__(self, *args) -> None:
+    def __call__(self, *pointers: torch.Tensor | None) -> None:
+        """Launch on the current stream with these tensors (or None for absent operands) as the pointer parameters."""
         if self.compiled is None:
-            compiled = self.kernel[self.grid](*args, **self.constants, **self.options)
+            compiled = self.kernel[self.grid](*pointers, *self.sizes, **self.constants, **self.options)
             self.compiled = compiled if _COMPILED_LAUNCH else None
-        else:
-            stream = triton.runtime.driver.active.get_current_stream(self.device)
-            self.compiled[self.grid](*map(_address, args), *self.trailing, stream=stream)
-
-
-def _address(arg):
-    """A tensor's address as an int, which spares the compiled launcher a driver call per tensor to check it (3-4 us
-    per launch on the GPU machine's host); the op has checked its tensors' device already."""
-    return arg.data_ptr() if isinstance(arg, torch.Tensor) else arg
+            return
+        # addresses as ints spare the binary's launcher a driver call per tensor to check it (3-4 us per launch on
+        # the GPU machine's host); the op has checked its tensors' device already
+        args = [None if x is None else x.data_ptr() for x in pointers]
+        stream = triton.runtime.driver.active.get_current_stream(self.device)
+        compiled = self.compiled
+        if _launch_hooks_set():
+            compiled[self.grid](*args, *self.trailing, stream=stream)
+        else:  # what ``compiled[grid]`` does without hooks, less its per-call wrapping (about 8 us on the GPU machine)
+            compiled.run(
+                *self.grid, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *self.trailing
+            )
 
 
 class _Layout(NamedTuple):
@@ -739,37 +760,35 @@ class _Plan:
         operand_flags = dict(HAS_D=has_D, HAS_Z=has_z, **flags)
 
         def walk(kernel, layout, kernel_strides, max_registers=None, **constants):
-            """A launcher over (batch, group, FOLD channel blocks) x chunks, and the sizes and strides it takes
-            after its pointers."""
+            """A launcher over (batch, group, FOLD channel blocks) x chunks."""
             grid = (batch * groups * layout.blocks // constants.get("FOLD", 1), chunks)
             sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks, *kernel_strides)
             options = dict(num_warps=layout.warps, maxnreg=max_registers)
-            return _Launcher(kernel, grid, device, options, **constants, **layout.constants()), sizes
+            return _Launcher(kernel, grid, device, options, sizes, **constants, **layout.constants())
 
         forward = _layout(dstate, group_size, FORWARD_STATES)
         if forward.lanes == 1 and rows * chunks < FORWARD_THREADS:
             forward = _layout(dstate, group_size, SHORT_FORWARD_STATES)
         summary = _layout(dstate, group_size, SUMMARY_STATES)
         gradient = _layout(dstate, group_size, GRADIENT_STATES, GRADIENT_WARPS)
-        self.forward_summary, self.summary_sizes = walk(
+        self.forward_summary = walk(
             _forward_summary_kernel, forward, strides.summary(), FORWARD_SUMMARY_REGISTERS, **flags
         )
-        self.forward_output, self.forward_sizes = walk(_forward_output_kernel, forward, strides, **operand_flags)
-        self.backward_summary, self.adjoint_sizes = walk(
-            _backward_summary_kernel, summary, strides, SPAN=CHECKPOINT, **operand_flags
-        )
+        self.forward_output = walk(_forward_output_kernel, forward, strides, **operand_flags)
+        self.backward_summary = walk(_backward_summary_kernel, summary, strides, SPAN=CHECKPOINT, **operand_flags)
         fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks)
-        self.gradient, self.gradient_sizes = walk(
+        self.gradient = walk(
             _backward_kernel, gradient, strides, SPAN=CHECKPOINT, FOLD=fold,
             INLINE_CARRY=self.inline_carry, CARRY_LOADS=CARRY_LOADS, **operand_flags,
         )  # fmt: skip
         block_n = triton.next_power_of_2(dstate)
         carry = dict(BLOCK_C=max(16, min(triton.next_power_of_2(chunks), 4096 // block_n)), BLOCK_N=block_n)
         self.carry = {
-            reverse: _Launcher(_chunk_carry_kernel, (rows,), device, dict(num_warps=4), REVERSE=reverse, **carry)
+            reverse: _Launcher(
+                _chunk_carry_kernel, (rows,), device, dict(num_warps=4), (dim, chunks, dstate), REVERSE=reverse, **carry
+            )
             for reverse in (False, True)
         }
-        self.carry_sizes = (dim, chunks, dstate)
         partials = gradient.blocks // fold
         # one gradient program per (batch, group, chunk): its dB and dC are the sums, written in place where fp32
         self.direct_matrices = partials == 1 and fp32_matrices
@@ -779,12 +798,11 @@ class _Plan:
         block_m = max(64, min(4096 // block_p, triton.next_power_of_2(triton.cdiv(matrix, SUM_PROGRAMS))))
         matrix_programs = 0 if self.direct_matrices else batch * groups * triton.cdiv(dstate * length, block_m)
         self.sums = _Launcher(
-            _sum_partials_kernel, (dim + matrix_programs,), device,
-            dict(num_warps=4), HAS_D=has_D, HAS_BIAS=has_bias,
+            _sum_partials_kernel, (dim + matrix_programs,), device, dict(num_warps=4),
+            (batch, dim, dstate, length, chunks, partials), HAS_D=has_D, HAS_BIAS=has_bias,
             BLOCK_R=max(16, min(triton.next_power_of_2(batch * chunks), 4096 // block_n)), BLOCK_N=block_n,
             BLOCK_P=block_p, BLOCK_M=block_m,
         )  # fmt: skip
-        self.sums_sizes = (batch, dim, dstate, length, chunks, partials)
         states, per_chunk = rows * chunks * dstate, rows * chunks
         # forward: chunk end states, sums of dt, entry states, final state; backward: checkpoints, adjoint summaries,
         # incoming adjoints, the adjoint before the first chunk (unused), partial dA, dD, ddelta_bias, dB, dC
@@ -800,9 +818,9 @@ class _Plan:
         total, split = self.forward_workspace
         state, dtsum, entry, final = torch.empty(total, dtype=torch.float32, device=u.device).split(split)
         out = _empty_sequence(u, self.channel_major)
-        self.forward_summary(u, delta, A, B, bias, state, dtsum, *self.summary_sizes)
-        self.carry[False](A, dtsum, state, entry, final, *self.carry_sizes)
-        self.forward_output(u, delta, A, B, C, D, z, bias, entry, out, *self.forward_sizes)
+        self.forward_summary(u, delta, A, B, bias, state, dtsum)
+        self.carry[False](A, dtsum, state, entry, final)
+        self.forward_output(u, delta, A, B, C, D, z, bias, entry, out)
         if not return_last_state:
             return out, dtsum, entry, None
         batch, dim, _ = self.shape
@@ -820,16 +838,14 @@ class _Plan:
         dD, dbias = (None if x is None else _contiguous_like(x) for x in (D, bias))
         if self.direct_matrices:
             dB_part, dC_part = dB, dC
-        self.backward_summary(*operands, entry, dout, checkpoints, adjoint, *self.adjoint_sizes)
+        self.backward_summary(*operands, entry, dout, checkpoints, adjoint)
         if self.inline_carry:
             incoming = adjoint  # the gradient programs fold the adjoint summaries themselves
         else:
-            self.carry[True](A, dtsum, adjoint, incoming, first_adjoint, *self.carry_sizes)
-        self.gradient(
-            *operands, checkpoints, incoming, dtsum, dout, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part,
-            dbias_part, *self.gradient_sizes,
-        )  # fmt: skip
-        self.sums(dA_part, dD_part, dbias_part, dB_part, dC_part, dA, dD, dbias, dB, dC, *self.sums_sizes)
+            self.carry[True](A, dtsum, adjoint, incoming, first_adjoint)
+        gradients = (du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part)
+        self.gradient(*operands, checkpoints, incoming, dtsum, dout, *gradients)
+        self.sums(dA_part, dD_part, dbias_part, dB_part, dC_part, dA, dD, dbias, dB, dC)
         return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
