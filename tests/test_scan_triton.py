@@ -183,21 +183,38 @@ def contiguous_plan(batch, dim, length, dstate, groups=1, fp32_matrices=True):
     [
         ((2, 64, 32768, 16, 1), True, 8, 1, True),  # 8 channel blocks per program: dB and dC written in place
         ((2, 64, 32768, 16, 1), False, 8, 1, False),  # bf16 B and C: one fp32 partial, cast by the sums kernel
-        ((2, 128, 4096, 16, 1), True, 4, 4, False),  # 4 of 16 blocks per program keeps 1024 programs
-        ((2, 256, 512, 16, 1), True, 1, 32, False),  # too few programs to fold
+        ((2, 128, 4096, 16, 1), True, 4, 4, False),  # 4 of 16 blocks per program: 1024 programs, one wave
+        ((2, 256, 512, 16, 1), True, 1, 32, False),  # one wave already: folding would only lengthen the programs
+        # Mamba-UNet's 28 x 28 stage, 48 blocks per group: 1280 programs of 6 blocks would take two waves of 1056
+        ((8, 1536, 784, 16, 4), True, 8, 6, False),
     ],
 )
 def test_gradient_programs_fold_channel_blocks(shape, fp32_matrices, fold, partials, direct):
     """How many channel blocks a gradient program takes, and what is left for the sums kernel to add up."""
-    from monai_mamba_nets.ops import scan_triton
-
     batch, dim, length, dstate, groups = shape
     plan = contiguous_plan(batch, dim, length, dstate, groups, fp32_matrices)
     assert (plan.gradient.constants["FOLD"], plan.sums.sizes[-1], plan.direct_matrices) == (fold, partials, direct)
-    programs = plan.gradient.grid[0] * plan.gradient.grid[1]
-    assert programs >= scan_triton.GRADIENT_PROGRAMS or fold == 1
     partial_matrices = plan.backward_workspace[1][-2:]
     assert partial_matrices == [0 if direct else batch * groups * partials * dstate * length] * 2
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize(
+    "rows, length, chunk",
+    [
+        (128, 32768, 64),  # (2, 64, 32768): a power of two divides a power of two
+        (6144, 3136, 448),  # Mamba-UNet's 56 x 56 stage: 7 chunks of 448 steps, none padded (512 would pad 448)
+        (12288, 784, 160),  # its 28 x 28 stage: 5 chunks of 160 (4 of 256 would pad 240 steps)
+        (49152, 49, 64),  # its 7 x 7 stage: one chunk of two checkpoint spans
+        (64, 2097152, 2048),
+    ],
+)
+def test_chunks_pad_the_sequence_least(rows, length, chunk):
+    """Every chunk is walked whole, padding included: chunks are cut to pad the sequence least."""
+    from monai_mamba_nets.ops import scan_triton
+
+    assert scan_triton._chunk_length(rows, length) == chunk
+    assert chunk % scan_triton.CHECKPOINT == 0
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
@@ -272,7 +289,9 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
     ]
     threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 8, 8)
-    programs = (1024, 1024, 1024, 1024, 1024, 1024, 1, 1024, 1024)
+    # gradient programs resident per multiprocessor; 0 makes a wave of one program, where every fold ties and the
+    # largest is taken
+    programs = (8, 8, 8, 8, 8, 8, 0, 8, 8)
     # plans of at most this many chunks fold the adjoint carry in the gradient kernel; 0 launches the carry kernel
     inline_chunks = (16, 0, 16, 16, 0, 16, 16, 0, 16)
     layouts = (None,) * 7 + ("sliced", "channel-major")
@@ -305,9 +324,9 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     ):
         # the first case's forward shares each channel's 16 states between two threads (a short sequence: few chunks).
         # Few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans). N = 64 gives
-        # 2 channels per gradient program: two partial dB and dC to sum in the fifth case, and in the seventh, where
-        # few programs are wanted, one program taking both blocks and adding up their dB and dC in place
-        scan_triton.FORWARD_THREADS, scan_triton.GRADIENT_PROGRAMS = forward_threads, gradient_programs
+        # 2 channels per gradient program: two partial dB and dC to sum in the fifth case, and in the seventh, where a
+        # wave holds one program, one program taking both blocks and adding up their dB and dC in place
+        scan_triton.FORWARD_THREADS, scan_triton.GRADIENT_PROGRAMS_PER_SM = forward_threads, gradient_programs
         scan_triton.INLINE_CARRY_CHUNKS = inline
         scan_triton._PLANS.clear()  # plans are keyed by the operands alone: build this case's with these constants
         ops = scan_operands(**case, seed=case["length"])

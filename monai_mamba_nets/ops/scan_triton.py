@@ -70,10 +70,12 @@ GRADIENT_STATES = 4
 # one warp per gradient program: dB and dC are then summed over its channels with shuffles alone (with 4 warps, the
 # cross-warp sums through shared memory made the kernel 25 % slower on the H100)
 GRADIENT_WARPS = 1
-# a gradient program takes several channel blocks one after another, adding their dB and dC up in place, as long as
-# this many programs remain (about one wave of one-warp programs of ~250 registers on an H100: 132 SMs x 8): fewer
-# partial dB and dC to write, hold and sum
-GRADIENT_PROGRAMS = 1024
+# a gradient program takes several channel blocks one after another, adding their dB and dC up in place: fewer
+# partial dB and dC to write, hold and sum. How many it takes is counted in waves of programs resident at once, this
+# many per multiprocessor (one-warp programs of ~250 registers: 65536 / (32 x 250))
+GRADIENT_PROGRAMS_PER_SM = 8
+# the multiprocessors counted where a plan is built without a GPU (the CPU tests): an H100's
+DEFAULT_MULTIPROCESSORS = 132
 # chunks are sized so that about this many threads run the forward; fewer and longer chunks mean fewer
 # chunk summaries to write and carry
 FORWARD_THREADS = 65536
@@ -693,17 +695,32 @@ def _layout(dstate: int, group_size: int, states_per_thread: int, max_warps: int
     return _Layout(states, lanes, channels, warps, triton.cdiv(group_size, channels))
 
 
-def _fold(blocks: int, programs: int) -> int:
-    """Channel blocks per gradient program: the largest divisor of ``blocks`` that leaves GRADIENT_PROGRAMS of the
-    ``programs`` one-block programs, or 1."""
-    folds = [fold for fold in range(2, blocks + 1) if blocks % fold == 0 and programs // fold >= GRADIENT_PROGRAMS]
-    return max(folds, default=1)
+def _fold(blocks: int, programs: int, wave: int) -> int:
+    """Channel blocks per gradient program: the divisor of ``blocks`` that makes the ``programs`` one-block programs
+    take the least time, as waves of ``wave`` programs times the blocks each takes; the largest of those. Waves are
+    whole: at (8, 1536, 784) 1280 programs of 6 blocks take two waves of 1056 on an H100, 960 of 8 blocks one."""
+    folds = [fold for fold in range(1, blocks + 1) if blocks % fold == 0]
+    return min(folds, key=lambda fold: (triton.cdiv(programs // fold, wave) * fold, -fold))
+
+
+def _multiprocessors(device: int | None) -> int:
+    if device is None:
+        return DEFAULT_MULTIPROCESSORS
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _chunk_length(rows: int, length: int) -> int:
-    """Steps per chunk: a multiple of CHECKPOINT that gives about FORWARD_THREADS threads."""
-    chunk = triton.next_power_of_2(triton.cdiv(rows * length, FORWARD_THREADS))
-    return max(CHECKPOINT, min(chunk, MAX_CHUNK, triton.next_power_of_2(length)))
+    """Steps per chunk: a multiple of CHECKPOINT, of about the power of two that gives FORWARD_THREADS threads, cut so
+    that the chunks pad the sequence least. Every chunk is walked whole, padding included: L = 3136 (a 56 x 56 map)
+    takes 7 chunks of 448 steps instead of 7 of 512."""
+    spans = triton.cdiv(length, CHECKPOINT)
+    ideal = triton.next_power_of_2(triton.cdiv(rows * length, FORWARD_THREADS))
+    ideal_spans = max(1, min(ideal, MAX_CHUNK) // CHECKPOINT)
+    if spans <= ideal_spans:
+        return spans * CHECKPOINT
+    # from half the ideal length to all of it, the fewest padded spans, then the longest chunk
+    chunk_spans = min(range(max(1, ideal_spans // 2), ideal_spans + 1), key=lambda k: (-spans % k, -k))
+    return chunk_spans * CHECKPOINT
 
 
 def _workspace(*sizes: int) -> tuple[int, list[int]]:
@@ -776,7 +793,8 @@ class _Plan:
         )
         self.forward_output = walk(_forward_output_kernel, forward, strides, **operand_flags)
         self.backward_summary = walk(_backward_summary_kernel, summary, strides, SPAN=CHECKPOINT, **operand_flags)
-        fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks)
+        wave = max(1, GRADIENT_PROGRAMS_PER_SM * _multiprocessors(device))
+        fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks, wave)
         self.gradient = walk(
             _backward_kernel, gradient, strides, SPAN=CHECKPOINT, FOLD=fold,
             INLINE_CARRY=self.inline_carry, CARRY_LOADS=CARRY_LOADS, **operand_flags,
