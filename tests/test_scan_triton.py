@@ -250,6 +250,15 @@ def test_gradient_programs_fold_the_adjoint_carry_on_few_chunks(shape, chunks, i
     assert plan.inline_carry == plan.gradient.constants["INLINE_CARRY"] == inline
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize("shape, single", [((8, 6144, 49), True), ((2, 64, 32), True), ((8, 3072, 196), False)])
+def test_one_chunk_sequences_take_the_output_launch_alone(shape, single):
+    """A sequence of one chunk starts from a zero state: no summary and carry launches (Mamba-UNet's 7 x 7 stage)."""
+    plan = contiguous_plan(*shape, dstate=16)
+    assert plan.single_chunk == plan.forward_output.constants["SINGLE_CHUNK"] == single
+    assert plan.forward_output.grid[1] == 1 or not single
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
 def test_forcing_triton_on_cpu_says_why():
     with pytest.raises(RuntimeError, match="backend 'triton' cannot run here: tensors are on cpu"):
@@ -288,7 +297,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
     ]
-    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 8, 8)
+    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 16, 8)
     # gradient programs resident per multiprocessor; 0 makes a wave of one program, where every fold ties and the
     # largest is taken
     programs = (8, 8, 8, 8, 8, 8, 0, 8, 8)
@@ -318,7 +327,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
                 leaves[k] = arguments[k] = v.clone().requires_grad_()
         return leaves, arguments
 
-    folds, forward_states, inline_carries = [], [], []
+    folds, forward_states, inline_carries, single_chunks = [], [], [], []
     for case, forward_threads, gradient_programs, inline, layout in zip(
         cases, threads, programs, inline_chunks, layouts
     ):
@@ -348,6 +357,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         folds.append(plan.gradient.constants["FOLD"])
         forward_states.append(plan.forward_output.constants["NP"])
         inline_carries.append(plan.inline_carry)
+        single_chunks.append(plan.single_chunk)
         # sliced and channel-major operands are read in place, not copied
         strides = scan_triton._Strides(*plan.forward_output.sizes[-9:])
         u_batch, delta_batch, z_batch, B_batch, C_batch = batch_strides
@@ -361,6 +371,8 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     assert folds[4:7] == [1, 1, 2], folds
     assert forward_states[:3] == [8, 8, 16], forward_states
     assert inline_carries == [bool(chunks) for chunks in inline_chunks], inline_carries
+    # one chunk (L = 1, L = 29, and the last case's 40 steps in a 64-step chunk): the output launch alone
+    assert single_chunks == [False, False, False, True, False, True, False, False, True], single_chunks
     print("interpreter check passed")
     """)
 

@@ -8,7 +8,7 @@ then plain register arithmetic; only sums over the state lanes (for y) and over 
 cross threads. mamba-ssm has the same inner loop (one channel's states in registers) but one program per
 (batch, channel) walking the whole sequence; here the chunks run in parallel.
 
-Forward, three launches:
+Forward, three launches (one where the sequence is a single chunk: the output launch from a zero state):
 
 1. summary: each chunk from a zero state gives its end state and the sum of its dt (the chunk's decay is
    exp(A sum dt), so it is one number per channel);
@@ -313,13 +313,16 @@ def _forward_summary_kernel(
 
 @triton.jit
 def _forward_output_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, entry_ptr, out_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, entry_ptr, final_ptr, out_ptr,
     dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, z_batch, row_stride, out_batch,
     B_batch, B_row, C_batch, C_row,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
     CHUNK: tl.constexpr, STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr,
 ):  # fmt: skip
-    """One chunk from its entry state: out = (C h + D u) * silu(z)."""
+    """One chunk from its entry state: out = (C h + D u) * silu(z). With SINGLE_CHUNK, the sequence's only chunk
+    from a zero state, without summary or carry launches: the program writes the zero entry state (the backward
+    starts from it) and the final state itself."""
     batch, group, row, seq, channel, channel_ok, n, n_ok, c, step = _program(
         dim, row_stride, dstate, group_size, groups, blocks, 0, STEPS, BD, NP, NL, 1
     )
@@ -331,7 +334,12 @@ def _forward_output_kernel(
     out_ptr = _at_batch(out_ptr, batch, out_batch)
     A, bias = _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_BIAS)
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
-    h = tl.load(entry_ptr + (row * chunks + c) * dstate + n, mask=channel_ok & n_ok, other=0.0)
+    mask, entry = channel_ok & n_ok, entry_ptr + (row * chunks + c) * dstate + n
+    if SINGLE_CHUNK:
+        h = tl.zeros([1, NL, BD, NP], tl.float32)
+        tl.store(entry, h, mask=mask)
+    else:
+        h = tl.load(entry, mask=mask, other=0.0)
     for start in range(0, CHUNK, STEPS):
         t = c * CHUNK + start + step
         valid = channel_ok & (t < length)
@@ -344,6 +352,8 @@ def _forward_output_kernel(
             z = _sequence(z_ptr, seq, t, valid)
             y *= z * tl.sigmoid(z)
         tl.store(out_ptr + seq + t, y.to(out_ptr.dtype.element_ty), mask=valid)
+    if SINGLE_CHUNK:
+        tl.store(final_ptr + row.to(tl.int64) * dstate + n, h, mask=mask)
 
 
 @triton.jit
@@ -791,7 +801,11 @@ class _Plan:
         self.forward_summary = walk(
             _forward_summary_kernel, forward, strides.summary(), FORWARD_SUMMARY_REGISTERS, **flags
         )
-        self.forward_output = walk(_forward_output_kernel, forward, strides, **operand_flags)
+        # a sequence of one chunk needs no summary or carry: the output kernel starts it from zero
+        self.single_chunk = chunks == 1
+        self.forward_output = walk(
+            _forward_output_kernel, forward, strides, SINGLE_CHUNK=self.single_chunk, **operand_flags
+        )
         self.backward_summary = walk(_backward_summary_kernel, summary, strides, SPAN=CHECKPOINT, **operand_flags)
         wave = max(1, GRADIENT_PROGRAMS_PER_SM * _multiprocessors(device))
         fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks, wave)
@@ -836,9 +850,10 @@ class _Plan:
         total, split = self.forward_workspace
         state, dtsum, entry, final = torch.empty(total, dtype=torch.float32, device=u.device).split(split)
         out = _empty_sequence(u, self.channel_major)
-        self.forward_summary(u, delta, A, B, bias, state, dtsum)
-        self.carry[False](A, dtsum, state, entry, final)
-        self.forward_output(u, delta, A, B, C, D, z, bias, entry, out)
+        if not self.single_chunk:
+            self.forward_summary(u, delta, A, B, bias, state, dtsum)
+            self.carry[False](A, dtsum, state, entry, final)
+        self.forward_output(u, delta, A, B, C, D, z, bias, entry, final, out)
         if not return_last_state:
             return out, dtsum, entry, None
         batch, dim, _ = self.shape
