@@ -628,8 +628,8 @@ _COMPILED_LAUNCH = _version(triton.__version__) >= (3, 3)
 
 
 def _launch_hooks_set() -> bool:
-    """Whether a profiler has hooked Triton's launches (a chain of hooks in Triton 3.4 and later, a function or None
-    before): those launches then go through the path that calls the hooks."""
+    """Whether a profiler has hooked Triton's launches (a chain of hooks in Triton 3.6, a function or None in older
+    releases): those launches then go through the path that calls the hooks."""
     hooks = (triton.knobs.runtime.launch_enter_hook, triton.knobs.runtime.launch_exit_hook)
     return any(getattr(hook, "calls", hook) for hook in hooks)
 
@@ -714,6 +714,7 @@ def _fold(blocks: int, programs: int, wave: int) -> int:
 
 
 def _multiprocessors(device: int | None) -> int:
+    """The device's multiprocessor count; DEFAULT_MULTIPROCESSORS for a plan built without a GPU."""
     if device is None:
         return DEFAULT_MULTIPROCESSORS
     return torch.cuda.get_device_properties(device).multi_processor_count
