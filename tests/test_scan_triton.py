@@ -339,7 +339,9 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         scan_triton.INLINE_CARRY_CHUNKS = inline
         scan_triton._PLANS.clear()  # plans are keyed by the operands alone: build this case's with these constants
         ops = scan_operands(**case, seed=case["length"])
-        grad_out = torch.randn(case["batch"], case["dim"], case["length"])
+        # in the operands' dtype, so that the float64 reference differentiates the same bf16 values; seeded, like them
+        gradient_seed = torch.Generator().manual_seed(case["length"] + 1)
+        grad_out = torch.randn(case["batch"], case["dim"], case["length"], generator=gradient_seed).to(case["dtype"])
         results = []
         for scan, dtype in ((scan_triton.selective_scan_triton, None), (selective_scan_ref, torch.float64)):
             leaves, arguments = leaves_and_arguments(ops, dtype, None if dtype else layout)
