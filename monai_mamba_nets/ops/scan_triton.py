@@ -839,10 +839,14 @@ class _Plan:
         states, per_chunk = rows * chunks * dstate, rows * chunks
         # forward: chunk end states, sums of dt, entry states, final state; backward: checkpoints, adjoint summaries,
         # incoming adjoints, the adjoint before the first chunk (unused), partial dA, dD, ddelta_bias, dB, dC
-        self.forward_workspace = _workspace(states, per_chunk, states, rows * dstate)
+        # regions no launch of the plan writes are empty: a single chunk's end states (no summary launch), and the
+        # reverse carry's two outputs where the gradient programs fold the adjoint summaries themselves
+        end_states = 0 if self.single_chunk else states
+        incoming, first_adjoint = (0, 0) if self.inline_carry else (states, rows * dstate)
+        self.forward_workspace = _workspace(end_states, per_chunk, states, rows * dstate)
         partial_matrix = 0 if self.direct_matrices else batch * groups * partials * dstate * length
         self.backward_workspace = _workspace(
-            rows * spans * dstate, states, states, rows * dstate, states, per_chunk, per_chunk,
+            rows * spans * dstate, states, incoming, first_adjoint, states, per_chunk, per_chunk,
             partial_matrix, partial_matrix,
         )  # fmt: skip
 
