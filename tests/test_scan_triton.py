@@ -72,19 +72,25 @@ def _compare_with_float64_torch(ops, dtype=torch.float32, delta_softplus=True):
         (2, 8, 300, 5, 2),
         (1, 4, 129, 1, 1),
         (1, 8, 700, 64, None),
+        # whole-sequence programs
+        (2, 16, 196, 16, 4),
+        (2, 8, 256, 64, None),
+        (3, 24, 49, 16, 2),
     ],
 )
 def test_matches_float64_torch_backend(regime, batch, dim, length, dstate, groups):
-    """Chunk-aligned and ragged L, L = 1, grouped B/C, N not a power of two, N = 1 and N = 64 (shorter chunks)."""
+    """Chunk-aligned and ragged L, L = 1, grouped B/C, N not a power of two, N = 1 and N = 64 (shorter chunks);
+    sequences short enough for whole-sequence programs."""
     _compare_with_float64_torch(scan_operands(batch, dim, length, dstate, groups=groups, regime=regime, device="cuda"))
 
 
 @gpu
+@pytest.mark.parametrize("length", [517, 100])  # chunked, whole-sequence
 @pytest.mark.parametrize(
     "with_z, with_D, with_bias, softplus", [(False, False, False, True), (True, False, True, False)]
 )
-def test_optional_operands(with_z, with_D, with_bias, softplus):
-    ops = scan_operands(2, 8, 517, 16, groups=2, device="cuda", seed=3)
+def test_optional_operands(with_z, with_D, with_bias, softplus, length):
+    ops = scan_operands(2, 8, length, 16, groups=2, device="cuda", seed=3)
     if not softplus:  # without softplus a negative dt would make the recurrence grow
         ops["delta"], ops["delta_bias"] = ops["delta"].abs(), ops["delta_bias"].abs()
     ops.update(z=ops["z"] if with_z else None, D=ops["D"] if with_D else None)
@@ -93,9 +99,10 @@ def test_optional_operands(with_z, with_D, with_bias, softplus):
 
 
 @gpu
-def test_bfloat16_inputs():
+@pytest.mark.parametrize("length", [2000, 196])  # chunked, whole-sequence
+def test_bfloat16_inputs(length):
     _compare_with_float64_torch(
-        scan_operands(2, 32, 2000, 16, groups=2, dtype=torch.bfloat16, device="cuda"), torch.bfloat16
+        scan_operands(2, 32, length, 16, groups=2, dtype=torch.bfloat16, device="cuda"), torch.bfloat16
     )
 
 
@@ -107,9 +114,10 @@ def test_very_long_sequence():
 
 
 @gpu
-def test_gradients_are_deterministic():
-    ops = scan_operands(2, 64, 3000, 16, device="cuda", seed=6)
-    grad_out = torch.randn(2, 64, 3000, device="cuda")
+@pytest.mark.parametrize("length", [3000, 196])  # chunked, whole-sequence
+def test_gradients_are_deterministic(length):
+    ops = scan_operands(2, 64, length, 16, device="cuda", seed=6)
+    grad_out = torch.randn(2, 64, length, device="cuda")
     first, second = (_run("triton", ops, grad_out, delta_softplus=True)[1] for _ in range(2))
     for name in first:
         assert torch.equal(first[name], second[name]), name
@@ -117,18 +125,21 @@ def test_gradients_are_deterministic():
 
 @gpu
 @pytest.mark.skipif("cuda" not in available_backends(), reason="mamba-ssm's kernel is not installed")
-@pytest.mark.parametrize("groups, dtype", [(None, torch.float32), (4, torch.float32), (None, torch.bfloat16)])
-def test_matches_mamba_ssm(groups, dtype):
-    ops = scan_operands(2, 64, 4096, 16, groups=groups, dtype=dtype, device="cuda", seed=7)
-    grad_out = torch.randn(2, 64, 4096, device="cuda")
+@pytest.mark.parametrize(
+    "length, groups, dtype",
+    [(4096, None, torch.float32), (4096, 4, torch.float32), (4096, None, torch.bfloat16), (196, 4, torch.float32)],
+)
+def test_matches_mamba_ssm(length, groups, dtype):
+    ops = scan_operands(2, 64, length, 16, groups=groups, dtype=dtype, device="cuda", seed=7)
+    grad_out = torch.randn(2, 64, length, device="cuda")
     (out, last), grads = _run("triton", ops, grad_out, delta_softplus=True, return_last_state=True)
     (ref, ref_last), ref_grads = _run("cuda", ops, grad_out, delta_softplus=True, return_last_state=True)
-    print(f"FIGURE triton vs mamba-ssm {dtype} G={groups}: out rel err {relative_error(out, ref):.2e}")
+    print(f"FIGURE triton vs mamba-ssm L={length} {dtype} G={groups}: out rel err {relative_error(out, ref):.2e}")
     _assert_close("out", out, ref, dtype)
     _assert_close("last_state", last, ref_last, dtype)
     for name, grad in grads.items():
         error = relative_error(grad, ref_grads[name])
-        print(f"FIGURE triton vs mamba-ssm {dtype} G={groups}: d{name} rel err {error:.2e}")
+        print(f"FIGURE triton vs mamba-ssm L={length} {dtype} G={groups}: d{name} rel err {error:.2e}")
         _assert_close(name, grad, ref_grads[name], dtype)
 
 
@@ -205,7 +216,7 @@ def test_gradient_programs_fold_channel_blocks(shape, fp32_matrices, fold, parti
         (128, 32768, 64),  # (2, 64, 32768): a power of two divides a power of two
         (6144, 3136, 448),  # Mamba-UNet's 56 x 56 stage: 7 chunks of 448 steps, none padded (512 would pad 448)
         (12288, 784, 160),  # its 28 x 28 stage: 5 chunks of 160 (4 of 256 would pad 240 steps)
-        (49152, 49, 64),  # its 7 x 7 stage: one chunk of two checkpoint spans
+        (98304, 784, 800),  # its 28 x 28 stage at batch 32: one chunk of 25 checkpoint spans
         (64, 2097152, 2048),
     ],
 )
@@ -251,12 +262,50 @@ def test_gradient_programs_fold_the_adjoint_carry_on_few_chunks(shape, chunks, i
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
-@pytest.mark.parametrize("shape, single", [((8, 6144, 49), True), ((2, 64, 32), True), ((8, 3072, 196), False)])
+@pytest.mark.parametrize("shape, single", [((32, 3072, 784), True), ((8, 3072, 784), False), ((2, 64, 320), False)])
 def test_one_chunk_sequences_take_the_output_launch_alone(shape, single):
-    """A sequence of one chunk starts from a zero state: no summary and carry launches (Mamba-UNet's 7 x 7 stage)."""
+    """A sequence of one chunk starts from a zero state: no summary and carry launches (Mamba-UNet's 28 x 28 stage at
+    batch 32)."""
     plan = contiguous_plan(*shape, dstate=16)
     assert plan.single_chunk == plan.forward_output.constants["SINGLE_CHUNK"] == single
     assert plan.forward_output.grid[1] == 1 or not single
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize(
+    "shape, whole, channels, warps, partials",
+    [
+        ((8, 3072, 196, 16, 4), True, 2, 1, 384),  # Mamba-UNet's 14 x 14 stage: 12288 one-warp programs of 512 entries
+        ((8, 6144, 49, 16, 4), True, 8, 1, 192),  # its 7 x 7 stage
+        ((2, 64, 200, 16, 1), True, 1, 4, 64),  # 64 programs would fill no wave: 128 of 256 entries, four warps each
+        ((2048, 4, 64, 16, 1), True, 4, 1, 1),  # all channels in one program: dB and dC written in place
+        ((2, 64, 225, 16, 1), False, None, None, None),
+        ((2, 128, 256, 16, 1), False, None, None, None),
+    ],
+)
+def test_short_sequences_take_whole_sequence_programs(shape, whole, channels, warps, partials):
+    """Sequences of at most WHOLE_SEQUENCE_STEPS steps are not chunked: one launch forward, the gradients and their
+    sums backward."""
+    from monai_mamba_nets.ops import scan_triton
+
+    plan = contiguous_plan(*shape)
+    assert plan.whole_sequence == whole
+    if not whole:
+        assert not hasattr(plan, "whole_forward")
+        return
+    for launcher in (plan.whole_forward, plan.whole_backward):
+        assert (launcher.constants["BD"], launcher.options["num_warps"]) == (channels, warps)
+        assert launcher.constants["LP"] * channels <= scan_triton.WHOLE_SEQUENCE_ENTRIES
+    assert not hasattr(plan, "forward_summary")
+    assert (plan.sums.sizes[-1], plan.direct_matrices) == (partials, partials == 1)
+    # no chunk regions: the final state forward; the partial gradients backward
+    batch, dim, length, dstate, groups = shape
+    assert plan.forward_workspace[0] == batch * dim * dstate
+    partial_matrices = 0 if partials == 1 else batch * groups * partials * dstate * length
+    assert (
+        plan.backward_workspace[1]
+        == [0] * 4 + [batch * dim * dstate, batch * dim, batch * dim] + [partial_matrices] * 2
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
@@ -296,14 +345,24 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         dict(batch=1, dim=4, length=45, dstate=64, groups=None, dtype=torch.float32),
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
+        # whole-sequence programs
+        dict(batch=2, dim=4, length=40, dstate=16, groups=None, dtype=torch.float32),
+        dict(batch=1, dim=6, length=37, dstate=5, groups=3, dtype=torch.float32),
+        dict(batch=2, dim=4, length=1, dstate=4, groups=2, dtype=torch.float32),
+        dict(batch=1, dim=4, length=29, dstate=4, groups=None, dtype=torch.bfloat16),
+        dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
+        dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
     ]
-    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 16, 8)
+    chunked = 9
+    # sequences of at most this many steps take whole-sequence programs; 0 chunks every sequence
+    whole_steps = (0,) * chunked + (256,) * 6
+    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 16, 8) + (65536,) * 6
     # gradient programs resident per multiprocessor; 0 makes a wave of one program, where every fold ties and the
-    # largest is taken
-    programs = (8, 8, 8, 8, 8, 8, 0, 8, 8)
+    # largest is taken. A whole-sequence plan then takes 4 warps per program, else 1
+    programs = (8, 8, 8, 8, 8, 8, 0, 8, 8) + (0, 8, 8, 8, 8, 8)
     # plans of at most this many chunks fold the adjoint carry in the gradient kernel; 0 launches the carry kernel
-    inline_chunks = (16, 0, 16, 16, 0, 16, 16, 0, 16)
-    layouts = (None,) * 7 + ("sliced", "channel-major")
+    inline_chunks = (16, 0, 16, 16, 0, 16, 16, 0, 16) + (16,) * 6
+    layouts = (None,) * 7 + ("sliced", "channel-major") + (None,) * 4 + ("sliced", "channel-major")
     BATCHED = ("u", "delta", "z", "B", "C")
 
     def in_channel_major_order(v):
@@ -327,16 +386,16 @@ _INTERPRETER_CHECK = textwrap.dedent("""
                 leaves[k] = arguments[k] = v.clone().requires_grad_()
         return leaves, arguments
 
-    folds, forward_states, inline_carries, single_chunks = [], [], [], []
-    for case, forward_threads, gradient_programs, inline, layout in zip(
-        cases, threads, programs, inline_chunks, layouts
+    folds, forward_states, inline_carries, single_chunks, whole_warps = [], [], [], [], []
+    for case, whole, forward_threads, gradient_programs, inline, layout in zip(
+        cases, whole_steps, threads, programs, inline_chunks, layouts
     ):
         # the first case's forward shares each channel's 16 states between two threads (a short sequence: few chunks).
         # Few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans). N = 64 gives
         # 2 channels per gradient program: two partial dB and dC to sum in the fifth case, and in the seventh, where a
         # wave holds one program, one program taking both blocks and adding up their dB and dC in place
         scan_triton.FORWARD_THREADS, scan_triton.GRADIENT_PROGRAMS_PER_SM = forward_threads, gradient_programs
-        scan_triton.INLINE_CARRY_CHUNKS = inline
+        scan_triton.INLINE_CARRY_CHUNKS, scan_triton.WHOLE_SEQUENCE_STEPS = inline, whole
         scan_triton._PLANS.clear()  # plans are keyed by the operands alone: build this case's with these constants
         ops = scan_operands(**case, seed=case["length"])
         # in the operands' dtype, so that the float64 reference differentiates the same bf16 values; seeded, like them
@@ -356,12 +415,18 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         errors.update({"d" + k: relative_error(grads[k], ref_grads[k]) for k in ops})
         assert max(errors.values()) <= bound, (case, errors)
         (plan,) = scan_triton._PLANS.values()
-        folds.append(plan.gradient.constants["FOLD"])
-        forward_states.append(plan.forward_output.constants["NP"])
-        inline_carries.append(plan.inline_carry)
-        single_chunks.append(plan.single_chunk)
+        assert plan.whole_sequence == bool(whole)
+        if plan.whole_sequence:
+            whole_warps.append(plan.whole_forward.options["num_warps"])
+            forward = plan.whole_forward
+        else:
+            folds.append(plan.gradient.constants["FOLD"])
+            forward_states.append(plan.forward_output.constants["NP"])
+            inline_carries.append(plan.inline_carry)
+            single_chunks.append(plan.single_chunk)
+            forward = plan.forward_output
         # sliced and channel-major operands are read in place, not copied
-        strides = scan_triton._Strides(*plan.forward_output.sizes[-9:])
+        strides = scan_triton._Strides(*forward.sizes[-9:])
         u_batch, delta_batch, z_batch, B_batch, C_batch = batch_strides
         assert (strides.u_batch, strides.delta_batch, strides.B_batch, strides.C_batch) == (
             u_batch, delta_batch, B_batch, C_batch
@@ -372,9 +437,10 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         assert (strides.row, strides.out_batch, strides.B_row) == rows
     assert folds[4:7] == [1, 1, 2], folds
     assert forward_states[:3] == [8, 8, 16], forward_states
-    assert inline_carries == [bool(chunks) for chunks in inline_chunks], inline_carries
+    assert inline_carries == [bool(chunks) for chunks in inline_chunks[:chunked]], inline_carries
     # one chunk (L = 1, L = 29, and the last case's 40 steps in a 64-step chunk): the output launch alone
     assert single_chunks == [False, False, False, True, False, True, False, False, True], single_chunks
+    assert whole_warps == [1, 4, 4, 4, 4, 4], whole_warps
     print("interpreter check passed")
     """)
 

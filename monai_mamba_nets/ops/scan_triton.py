@@ -27,6 +27,13 @@ Backward, four launches, for the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}:
    the adjoint;
 4. sums: the partial gradients of the programs summed and cast to the operands' dtypes.
 
+Short sequences (at most ``WHOLE_SEQUENCE_STEPS``) are not chunked. A program takes a few channels over the whole
+sequence, its (steps, channels) tiles spread over the threads, and loops over the N states: per state, one scan of
+(a, b) across the threads gives h, y += C h. The backward rebuilds y for the gate's gradient where there is z, then
+per state scans h forward and the adjoint backward (with a_{t+1} from dt one step later) and reduces dA over the
+steps, dB and dC over the channels. One launch forward, two backward (gradients, sums). Chunks of a few dozen steps
+leave the many channels of Mamba-UNet's deep stages with too little work per thread for the chunked kernels.
+
 No (batch, dim, L, N) tensor is written to memory. dB and dC are summed over a program's channels in
 registers and over channel blocks by the sums kernel; dA, dD and ddelta_bias per chunk, then over chunks and
 batch by the sums kernel: every reduction has a fixed order, so gradients are deterministic. Only products of
@@ -89,6 +96,19 @@ CARRY_LOADS = 4
 # the sums kernel cuts the partial dB and dC into tiles for about this many programs: at (2, 256, 512), 32 partials
 # each, 8.0 -> 3.4 us on the H100 against 4096-entry tiles (32 programs)
 SUM_PROGRAMS = 256
+# sequences of at most this many steps are not chunked: a program takes a block of channels over the whole sequence,
+# its steps across the threads, and scans one state at a time across them (as mamba-ssm does). On the H100, fwd+bwd
+# at Mamba-UNet's 14 x 14 stage (8, 3072, 196), 4 groups: 2.33 -> 1.41 ms; at (2, 64, 200) 0.093 -> 0.045 ms. At
+# L = 256 with few rows the chunks were as fast or faster: (2, 128, 256) 0.046 against 0.047, (4, 192, 256) 0.052
+# against 0.059 ms
+WHOLE_SEQUENCE_STEPS = 224
+# (step, channel) entries of a whole-sequence program's tiles, halved where its programs would not fill a wave of
+# GRADIENT_PROGRAMS_PER_SM per multiprocessor; one warp each, more (up to WHOLE_SEQUENCE_MAX_WARPS) where they still
+# would not. On the H100 at (8, 3072, 196), one-warp programs of 512 entries took 1.41 ms fwd+bwd, of 256 1.64 ms, and
+# four-warp programs of 2048 entries 1.68 ms; at (2, 64, 200), 128 four-warp programs of 256 entries 0.045 ms, 64 of 512
+# 0.056 ms
+WHOLE_SEQUENCE_ENTRIES = 512
+WHOLE_SEQUENCE_MAX_WARPS = 4
 # a register cap for the forward summary kernel: 15 % faster on the H100 at L >= 16384 (more warps per SM)
 FORWARD_SUMMARY_REGISTERS = 128
 
@@ -565,6 +585,127 @@ def _block_gradients(
 
 
 @triton.jit
+def _whole_sequence(dim, row_stride, group_size, groups, blocks, LP: tl.constexpr, BD: tl.constexpr):
+    """Where a whole-sequence program works: batch and group, rows and sequence offsets as (1, BD) tiles, channel
+    index and mask, and the steps of the sequence as (LP, 1)."""
+    program = tl.program_id(0)
+    batch_group, block = program // blocks, program % blocks
+    batch, group = batch_group // groups, batch_group % groups
+    lane = block * BD + tl.arange(0, BD)[None, :]
+    channel = group * group_size + lane
+    seq = channel.to(tl.int64) * row_stride
+    return batch, group, batch * dim + channel, seq, channel, lane < group_size, tl.arange(0, LP)[:, None]
+
+
+@triton.jit
+def _state_row(ptr, n, t, length, row_stride):
+    """Row ``n`` of B or C over the sequence's steps, (LP, 1) in fp32: read once per program, shared by its
+    channels."""
+    return tl.load(ptr + n * row_stride + t, mask=t < length, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _whole_forward_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, final_ptr, out_ptr,
+    dim, length, dstate, group_size, groups, blocks, u_batch, delta_batch, z_batch, row_stride, out_batch,
+    B_batch, B_row, C_batch, C_row,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    LP: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    """The forward of BD channels over their whole sequence, one state at a time: h_n = scan over the steps of
+    (exp(dt A_n), dt B_n u), y = sum_n C_n h_n + D u, gated by silu(z). The steps lie across the program's threads
+    and the scan crosses them, as in mamba-ssm; the final states go to ``final``."""
+    batch, group, row, seq, channel, channel_ok, t = _whole_sequence(
+        dim, row_stride, group_size, groups, blocks, LP, BD
+    )
+    u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
+        u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, B_row, C_batch, C_row, dstate
+    )
+    valid = channel_ok & (t < length)
+    u = _sequence(u_ptr, seq, t, valid)
+    _, dt = _time_step(delta_ptr, _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS), seq, t, valid, SOFTPLUS)
+    dtu = dt * u
+    y = _per_channel(D_ptr, channel, channel_ok, HAS_D) * u
+    last = channel_ok & (t == length - 1)
+    for n in range(dstate):
+        A = tl.load(A_ptr + channel * dstate + n, mask=channel_ok, other=0.0).to(tl.float32)
+        _, h = _scan(_decay(dt, A), dtu * _state_row(B_ptr, n, t, length, B_row))
+        y += _state_row(C_ptr, n, t, length, C_row) * h
+        tl.store(final_ptr + row.to(tl.int64) * dstate + n + t * 0, h, mask=last)
+    if HAS_Z:
+        z = _sequence(_at_batch(z_ptr, batch, z_batch), seq, t, valid)
+        y *= z * tl.sigmoid(z)
+    tl.store(_at_batch(out_ptr, batch, out_batch) + seq + t, y.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _whole_backward_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    dim, length, dstate, group_size, groups, blocks, u_batch, delta_batch, z_batch, row_stride, out_batch,
+    B_batch, B_row, C_batch, C_row,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    LP: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    """All gradients of BD channels over their whole sequence, one state at a time, with the adjoint
+    g_t = dy_t C_t + a_{t+1} g_{t+1} as a reverse scan across the threads. With z, y is rebuilt first (a forward
+    over the states) for the gate's gradient. dA is written per row, dB and dC summed over the program's channels,
+    as the chunked gradient kernel writes them for one chunk."""
+    batch, group, row, seq, channel, channel_ok, t = _whole_sequence(
+        dim, row_stride, group_size, groups, blocks, LP, BD
+    )
+    u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
+        u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, B_row, C_batch, C_row, dstate
+    )
+    dout_ptr, du_ptr = _at_batch(dout_ptr, batch, out_batch), _at_batch(du_ptr, batch, out_batch)
+    valid = channel_ok & (t < length)
+    u = _sequence(u_ptr, seq, t, valid)
+    bias = _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
+    x, dt = _time_step(delta_ptr, bias, seq, t, valid, SOFTPLUS)
+    # dt one step later, for a_{t+1}; 0 after the last step, where the adjoint is 0 anyway
+    _, dt_next = _time_step(delta_ptr, bias, seq, t + 1, channel_ok & (t + 1 < length), SOFTPLUS)
+    dtu = dt * u
+    D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
+    dy = _sequence(dout_ptr, seq, t, valid)
+    if HAS_Z:
+        y = D * u
+        for n in range(dstate):
+            A = tl.load(A_ptr + channel * dstate + n, mask=channel_ok, other=0.0).to(tl.float32)
+            _, h = _scan(_decay(dt, A), dtu * _state_row(B_ptr, n, t, length, B_row))
+            y += _state_row(C_ptr, n, t, length, C_row) * h
+        z = _sequence(_at_batch(z_ptr, batch, z_batch), seq, t, valid)
+        dy, dz = _gate_gradient(dy, z, y)
+        tl.store(_at_batch(dz_ptr, batch, out_batch) + seq + t, dz.to(dz_ptr.dtype.element_ty), mask=valid)
+    du = D * dy
+    ddt = tl.zeros_like(dt)
+    matrix = tl.program_id(0).to(tl.int64) * dstate * length + t
+    for n in range(dstate):
+        A = tl.load(A_ptr + channel * dstate + n, mask=channel_ok, other=0.0).to(tl.float32)
+        B = _state_row(B_ptr, n, t, length, B_row)
+        b = dtu * B
+        _, h = _scan(_decay(dt, A), b)
+        _, g = tl.associative_scan(
+            (_decay(dt_next, A), dy * _state_row(C_ptr, n, t, length, C_row)), 0, _combine, reverse=True
+        )
+        g_decay = g * (h - b)  # g_t a_t h_{t-1}
+        gB = g * B
+        ddt += g_decay * A + gB * u
+        du += dt * gB
+        tl.store(dA_ptr + row.to(tl.int64) * dstate + n, tl.sum(g_decay * dt, 0, keep_dims=True), mask=channel_ok)
+        tl.store(dB_ptr + matrix + n * length, tl.sum(g * dtu, 1, keep_dims=True), mask=t < length)
+        tl.store(dC_ptr + matrix + n * length, tl.sum(dy * h, 1, keep_dims=True), mask=t < length)
+    if SOFTPLUS:
+        ddt *= tl.sigmoid(x)
+    ddt = tl.where(valid, ddt, 0.0)
+    tl.store(du_ptr + seq + t, du.to(du_ptr.dtype.element_ty), mask=valid)
+    tl.store(_at_batch(ddelta_ptr, batch, out_batch) + seq + t, ddt.to(ddelta_ptr.dtype.element_ty), mask=valid)
+    if HAS_D:
+        tl.store(dD_ptr + row, tl.sum(dy * u, 0, keep_dims=True), mask=channel_ok)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + row, tl.sum(ddt, 0, keep_dims=True), mask=channel_ok)
+
+
+@triton.jit
 def _sum_partials_kernel(
     dA_part_ptr, dD_part_ptr, dbias_part_ptr, dB_part_ptr, dC_part_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
     batch, dim, dstate, length, chunks, partials,
@@ -769,62 +910,28 @@ class _Plan:
     """Everything fixed for one configuration of the operands: chunking, layouts, workspace regions and launchers.
 
     Built at the first call with a configuration and reused: later calls allocate their workspace and outputs and
-    make three (forward) or four (backward) launches, and no other host work.
+    make their launches, and no other host work. Sequences of at most WHOLE_SEQUENCE_STEPS steps are not chunked:
+    a program takes its channels over the whole sequence (one launch forward, two backward); longer ones take
+    three launches (one for a single chunk) forward and three or four backward.
     """
 
     def __init__(
         self, batch, dim, length, dstate, groups, device, has_D, has_z, has_bias, softplus, fp32_matrices,
         strides: _Strides,
     ):  # fmt: skip
-        rows, group_size = batch * dim, dim // groups
-        chunk = _chunk_length(rows, length)
-        chunks = triton.cdiv(length, chunk)
-        spans = chunks * (chunk // CHECKPOINT)
+        rows = batch * dim
         self.shape, self.dstate = (batch, dim, length), dstate
         # sequences and their gradients in (dim, batch, L) order, as the Mamba mixer's projections give them
         self.channel_major = strides.out_batch != dim * length
-        flags = dict(HAS_BIAS=has_bias, SOFTPLUS=softplus, CHUNK=chunk, STEPS=STEPS)
-        self.inline_carry = chunks <= INLINE_CARRY_CHUNKS
-        operand_flags = dict(HAS_D=has_D, HAS_Z=has_z, **flags)
-
-        def walk(kernel, layout, kernel_strides, max_registers=None, **constants):
-            """A launcher over (batch, group, FOLD channel blocks) x chunks."""
-            grid = (batch * groups * layout.blocks // constants.get("FOLD", 1), chunks)
-            sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks, *kernel_strides)
-            options = dict(num_warps=layout.warps, maxnreg=max_registers)
-            return _Launcher(kernel, grid, device, options, sizes, **constants, **layout.constants())
-
-        forward = _layout(dstate, group_size, FORWARD_STATES)
-        if forward.lanes == 1 and rows * chunks < FORWARD_THREADS:
-            forward = _layout(dstate, group_size, SHORT_FORWARD_STATES)
-        summary = _layout(dstate, group_size, SUMMARY_STATES)
-        gradient = _layout(dstate, group_size, GRADIENT_STATES, GRADIENT_WARPS)
-        self.forward_summary = walk(
-            _forward_summary_kernel, forward, strides.summary(), FORWARD_SUMMARY_REGISTERS, **flags
+        self.whole_sequence = length <= WHOLE_SEQUENCE_STEPS
+        flags = dict(HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus)
+        build = self._whole_sequence if self.whole_sequence else self._chunked
+        chunks, partials, forward_regions, backward_regions = build(
+            batch, dim, length, dstate, groups, device, strides, flags
         )
-        # a sequence of one chunk needs no summary or carry: the output kernel starts it from zero
-        self.single_chunk = chunks == 1
-        self.forward_output = walk(
-            _forward_output_kernel, forward, strides, SINGLE_CHUNK=self.single_chunk, **operand_flags
-        )
-        self.backward_summary = walk(_backward_summary_kernel, summary, strides, SPAN=CHECKPOINT, **operand_flags)
-        wave = max(1, GRADIENT_PROGRAMS_PER_SM * _multiprocessors(device))
-        fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks, wave)
-        self.gradient = walk(
-            _backward_kernel, gradient, strides, SPAN=CHECKPOINT, FOLD=fold,
-            INLINE_CARRY=self.inline_carry, CARRY_LOADS=CARRY_LOADS, **operand_flags,
-        )  # fmt: skip
-        block_n = triton.next_power_of_2(dstate)
-        carry = dict(BLOCK_C=max(16, min(triton.next_power_of_2(chunks), 4096 // block_n)), BLOCK_N=block_n)
-        self.carry = {
-            reverse: _Launcher(
-                _chunk_carry_kernel, (rows,), device, dict(num_warps=4), (dim, chunks, dstate), REVERSE=reverse, **carry
-            )
-            for reverse in (False, True)
-        }
-        partials = gradient.blocks // fold
         # one gradient program per (batch, group, chunk): its dB and dC are the sums, written in place where fp32
         self.direct_matrices = partials == 1 and fp32_matrices
+        block_n = triton.next_power_of_2(dstate)
         block_p = min(triton.next_power_of_2(partials), 8)
         # tiles of at most 4096 partial entries, small enough for about SUM_PROGRAMS programs to share the matrices
         matrix = batch * groups * dstate * length
@@ -837,28 +944,98 @@ class _Plan:
             BLOCK_P=block_p, BLOCK_M=block_m,
         )  # fmt: skip
         states, per_chunk = rows * chunks * dstate, rows * chunks
-        # forward: chunk end states, sums of dt, entry states, final state; backward: checkpoints, adjoint summaries,
-        # incoming adjoints, the adjoint before the first chunk (unused), partial dA, dD, ddelta_bias, dB, dC
-        # regions no launch of the plan writes are empty: a single chunk's end states (no summary launch), and the
-        # reverse carry's two outputs where the gradient programs fold the adjoint summaries themselves
-        end_states = 0 if self.single_chunk else states
-        incoming, first_adjoint = (0, 0) if self.inline_carry else (states, rows * dstate)
-        self.forward_workspace = _workspace(end_states, per_chunk, states, rows * dstate)
+        # forward: the chunks' regions, final state; backward: the chunks' regions, partial dA, dD, ddelta_bias, dB, dC
+        self.forward_workspace = _workspace(*forward_regions, rows * dstate)
         partial_matrix = 0 if self.direct_matrices else batch * groups * partials * dstate * length
         self.backward_workspace = _workspace(
-            rows * spans * dstate, states, incoming, first_adjoint, states, per_chunk, per_chunk,
-            partial_matrix, partial_matrix,
+            *backward_regions, states, per_chunk, per_chunk, partial_matrix, partial_matrix
+        )
+
+    def _whole_sequence(self, batch, dim, length, dstate, groups, device, strides, flags):
+        """The two whole-sequence launchers. Returns what ``_chunked`` does, for one chunk that needs no regions."""
+        group_size = dim // groups
+        steps = triton.next_power_of_2(length)
+        channels = max(1, min(triton.next_power_of_2(group_size), WHOLE_SEQUENCE_ENTRIES // steps))
+        wave = max(1, GRADIENT_PROGRAMS_PER_SM * _multiprocessors(device))
+        if batch * groups * triton.cdiv(group_size, channels) < wave:
+            channels = max(1, channels // 2)
+        blocks = triton.cdiv(group_size, channels)
+        programs = batch * groups * blocks
+        warps = min(WHOLE_SEQUENCE_MAX_WARPS, triton.next_power_of_2(triton.cdiv(wave, programs)))
+        grid, sizes = (programs,), (dim, length, dstate, group_size, groups, blocks, *strides)
+        options = dict(num_warps=warps)
+        self.whole_forward, self.whole_backward = (
+            _Launcher(kernel, grid, device, options, sizes, LP=steps, BD=channels, **flags)
+            for kernel in (_whole_forward_kernel, _whole_backward_kernel)
+        )
+        return 1, blocks, (0, 0, 0), (0, 0, 0, 0)
+
+    def _chunked(self, batch, dim, length, dstate, groups, device, strides, flags):
+        """The chunked launchers. Returns (chunks, partial dB and dC per (batch, group), the sizes of the forward's
+        regions: chunk end states, sums of dt, entry states; and of the backward's: checkpoints, adjoint summaries,
+        incoming adjoints, the adjoint before the first chunk (unused)). Regions no launch writes are empty."""
+        rows, group_size = batch * dim, dim // groups
+        chunk = _chunk_length(rows, length)
+        chunks = triton.cdiv(length, chunk)
+        spans = chunks * (chunk // CHECKPOINT)
+        walk_flags = dict(CHUNK=chunk, STEPS=STEPS)
+        self.inline_carry = chunks <= INLINE_CARRY_CHUNKS
+
+        def walk(kernel, layout, kernel_strides, max_registers=None, **constants):
+            """A launcher over (batch, group, FOLD channel blocks) x chunks."""
+            grid = (batch * groups * layout.blocks // constants.get("FOLD", 1), chunks)
+            sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks, *kernel_strides)
+            options = dict(num_warps=layout.warps, maxnreg=max_registers)
+            return _Launcher(kernel, grid, device, options, sizes, **constants, **layout.constants(), **walk_flags)
+
+        forward = _layout(dstate, group_size, FORWARD_STATES)
+        if forward.lanes == 1 and rows * chunks < FORWARD_THREADS:
+            forward = _layout(dstate, group_size, SHORT_FORWARD_STATES)
+        summary = _layout(dstate, group_size, SUMMARY_STATES)
+        gradient = _layout(dstate, group_size, GRADIENT_STATES, GRADIENT_WARPS)
+        self.forward_summary = walk(
+            _forward_summary_kernel, forward, strides.summary(), FORWARD_SUMMARY_REGISTERS,
+            HAS_BIAS=flags["HAS_BIAS"], SOFTPLUS=flags["SOFTPLUS"],
         )  # fmt: skip
+        # a sequence of one chunk needs no summary or carry: the output kernel starts it from zero
+        self.single_chunk = chunks == 1
+        self.forward_output = walk(_forward_output_kernel, forward, strides, SINGLE_CHUNK=self.single_chunk, **flags)
+        self.backward_summary = walk(_backward_summary_kernel, summary, strides, SPAN=CHECKPOINT, **flags)
+        wave = max(1, GRADIENT_PROGRAMS_PER_SM * _multiprocessors(device))
+        fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks, wave)
+        self.gradient = walk(
+            _backward_kernel, gradient, strides, SPAN=CHECKPOINT, FOLD=fold,
+            INLINE_CARRY=self.inline_carry, CARRY_LOADS=CARRY_LOADS, **flags,
+        )  # fmt: skip
+        block_n = triton.next_power_of_2(dstate)
+        carry = dict(BLOCK_C=max(16, min(triton.next_power_of_2(chunks), 4096 // block_n)), BLOCK_N=block_n)
+        self.carry = {
+            reverse: _Launcher(
+                _chunk_carry_kernel, (rows,), device, dict(num_warps=4), (dim, chunks, dstate), REVERSE=reverse, **carry
+            )
+            for reverse in (False, True)
+        }
+        # a single chunk's end states (no summary launch), and the reverse carry's two outputs where the gradient
+        # programs fold the adjoint summaries themselves, are never written
+        states = rows * chunks * dstate
+        end_states = 0 if self.single_chunk else states
+        incoming, first_adjoint = (0, 0) if self.inline_carry else (states, rows * dstate)
+        forward_regions = (end_states, rows * chunks, states)
+        backward_regions = (rows * spans * dstate, states, incoming, first_adjoint)
+        return chunks, gradient.blocks // fold, forward_regions, backward_regions
 
     def forward(self, u, delta, A, B, C, D, z, bias, return_last_state):
         """(out, the chunks' sums of dt and entry states for the backward, last state or None)."""
         total, split = self.forward_workspace
         state, dtsum, entry, final = torch.empty(total, dtype=torch.float32, device=u.device).split(split)
         out = _empty_sequence(u, self.channel_major)
-        if not self.single_chunk:
-            self.forward_summary(u, delta, A, B, bias, state, dtsum)
-            self.carry[False](A, dtsum, state, entry, final)
-        self.forward_output(u, delta, A, B, C, D, z, bias, entry, final, out)
+        if self.whole_sequence:
+            self.whole_forward(u, delta, A, B, C, D, z, bias, final, out)
+        else:
+            if not self.single_chunk:
+                self.forward_summary(u, delta, A, B, bias, state, dtsum)
+                self.carry[False](A, dtsum, state, entry, final)
+            self.forward_output(u, delta, A, B, C, D, z, bias, entry, final, out)
         if not return_last_state:
             return out, dtsum, entry, None
         batch, dim, _ = self.shape
@@ -876,13 +1053,16 @@ class _Plan:
         dD, dbias = (None if x is None else _contiguous_like(x) for x in (D, bias))
         if self.direct_matrices:
             dB_part, dC_part = dB, dC
-        self.backward_summary(*operands, entry, dout, checkpoints, adjoint)
-        if self.inline_carry:
-            incoming = adjoint  # the gradient programs fold the adjoint summaries themselves
-        else:
-            self.carry[True](A, dtsum, adjoint, incoming, first_adjoint)
         gradients = (du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part)
-        self.gradient(*operands, checkpoints, incoming, dtsum, dout, *gradients)
+        if self.whole_sequence:
+            self.whole_backward(*operands, dout, *gradients)
+        else:
+            self.backward_summary(*operands, entry, dout, checkpoints, adjoint)
+            if self.inline_carry:
+                incoming = adjoint  # the gradient programs fold the adjoint summaries themselves
+            else:
+                self.carry[True](A, dtsum, adjoint, incoming, first_adjoint)
+            self.gradient(*operands, checkpoints, incoming, dtsum, dout, *gradients)
         self.sums(dA_part, dD_part, dbias_part, dB_part, dC_part, dA, dD, dbias, dB, dC)
         return du, ddelta, dA, dB, dC, dD, dz, dbias
 
