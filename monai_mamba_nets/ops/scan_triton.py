@@ -605,6 +605,28 @@ def _state_row(ptr, n, t, length, row_stride):
 
 
 @triton.jit
+def _state_column(A_ptr, n, channel, channel_ok, dstate):
+    """Column ``n`` of A at the program's channels, (1, BD) in fp32."""
+    return tl.load(A_ptr + channel * dstate + n, mask=channel_ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _whole_output(
+    A_ptr, B_ptr, C_ptr, B_row, C_row, y, dt, dtu, channel, channel_ok, t, length, dstate, final_ptr=None, row=None
+):  # fmt: skip
+    """``y`` plus sum_n C_n h_n over the whole sequence, one state at a time: h_n is the scan of
+    (exp(dt A_n), dt B_n u) across the threads. The last states go to ``final_ptr`` where it is given."""
+    for n in range(dstate):
+        A = _state_column(A_ptr, n, channel, channel_ok, dstate)
+        _, h = _scan(_decay(dt, A), dtu * _state_row(B_ptr, n, t, length, B_row))
+        y += _state_row(C_ptr, n, t, length, C_row) * h
+        if final_ptr is not None:
+            last = channel_ok & (t == length - 1)
+            tl.store(final_ptr + row.to(tl.int64) * dstate + n + t * 0, h, mask=last)
+    return y
+
+
+@triton.jit
 def _whole_forward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, final_ptr, out_ptr,
     dim, length, dstate, group_size, groups, blocks, u_batch, delta_batch, z_batch, row_stride, out_batch,
@@ -612,9 +634,8 @@ def _whole_forward_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     LP: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
-    """The forward of BD channels over their whole sequence, one state at a time: h_n = scan over the steps of
-    (exp(dt A_n), dt B_n u), y = sum_n C_n h_n + D u, gated by silu(z). The steps lie across the program's threads
-    and the scan crosses them, as in mamba-ssm; the final states go to ``final``."""
+    """The forward of BD channels over their whole sequence: y = sum_n C_n h_n + D u, gated by silu(z). The steps
+    lie across the program's threads and the scans cross them, as in mamba-ssm; the final states go to ``final``."""
     batch, group, row, seq, channel, channel_ok, t = _whole_sequence(
         dim, row_stride, group_size, groups, blocks, LP, BD
     )
@@ -626,12 +647,9 @@ def _whole_forward_kernel(
     _, dt = _time_step(delta_ptr, _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS), seq, t, valid, SOFTPLUS)
     dtu = dt * u
     y = _per_channel(D_ptr, channel, channel_ok, HAS_D) * u
-    last = channel_ok & (t == length - 1)
-    for n in range(dstate):
-        A = tl.load(A_ptr + channel * dstate + n, mask=channel_ok, other=0.0).to(tl.float32)
-        _, h = _scan(_decay(dt, A), dtu * _state_row(B_ptr, n, t, length, B_row))
-        y += _state_row(C_ptr, n, t, length, C_row) * h
-        tl.store(final_ptr + row.to(tl.int64) * dstate + n + t * 0, h, mask=last)
+    y = _whole_output(
+        A_ptr, B_ptr, C_ptr, B_row, C_row, y, dt, dtu, channel, channel_ok, t, length, dstate, final_ptr, row
+    )
     if HAS_Z:
         z = _sequence(_at_batch(z_ptr, batch, z_batch), seq, t, valid)
         y *= z * tl.sigmoid(z)
@@ -668,11 +686,7 @@ def _whole_backward_kernel(
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
     dy = _sequence(dout_ptr, seq, t, valid)
     if HAS_Z:
-        y = D * u
-        for n in range(dstate):
-            A = tl.load(A_ptr + channel * dstate + n, mask=channel_ok, other=0.0).to(tl.float32)
-            _, h = _scan(_decay(dt, A), dtu * _state_row(B_ptr, n, t, length, B_row))
-            y += _state_row(C_ptr, n, t, length, C_row) * h
+        y = _whole_output(A_ptr, B_ptr, C_ptr, B_row, C_row, D * u, dt, dtu, channel, channel_ok, t, length, dstate)
         z = _sequence(_at_batch(z_ptr, batch, z_batch), seq, t, valid)
         dy, dz = _gate_gradient(dy, z, y)
         tl.store(_at_batch(dz_ptr, batch, out_batch) + seq + t, dz.to(dz_ptr.dtype.element_ty), mask=valid)
@@ -680,7 +694,7 @@ def _whole_backward_kernel(
     ddt = tl.zeros_like(dt)
     matrix = tl.program_id(0).to(tl.int64) * dstate * length + t
     for n in range(dstate):
-        A = tl.load(A_ptr + channel * dstate + n, mask=channel_ok, other=0.0).to(tl.float32)
+        A = _state_column(A_ptr, n, channel, channel_ok, dstate)
         B = _state_row(B_ptr, n, t, length, B_row)
         b = dtu * B
         _, h = _scan(_decay(dt, A), b)
