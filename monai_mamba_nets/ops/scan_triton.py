@@ -210,7 +210,7 @@ def _operands_at(
 
 @triton.jit
 def _channel_tile(ptr, channel, channel_ok, n, n_ok, dstate):
-    """A (1, NL, BD, NP) tile of a (dim, N) matrix: A."""
+    """A tile of a (dim, N) matrix, A, at the program's channels and states ``n``, in fp32."""
     return tl.load(ptr + channel * dstate + n, mask=channel_ok & n_ok, other=0.0).to(tl.float32)
 
 
@@ -585,7 +585,7 @@ def _block_gradients(
 
 
 @triton.jit
-def _whole_sequence(dim, row_stride, group_size, groups, blocks, LP: tl.constexpr, BD: tl.constexpr):
+def _whole_sequence_program(dim, row_stride, group_size, groups, blocks, LP: tl.constexpr, BD: tl.constexpr):
     """Where a whole-sequence program works: batch and group, rows and sequence offsets as (1, BD) tiles, channel
     index and mask, and the steps of the sequence as (LP, 1)."""
     program = tl.program_id(0)
@@ -605,23 +605,17 @@ def _state_row(ptr, n, t, length, row_stride):
 
 
 @triton.jit
-def _state_column(A_ptr, n, channel, channel_ok, dstate):
-    """Column ``n`` of A at the program's channels, (1, BD) in fp32."""
-    return tl.load(A_ptr + channel * dstate + n, mask=channel_ok, other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _whole_output(
     A_ptr, B_ptr, C_ptr, B_row, C_row, y, dt, dtu, channel, channel_ok, t, length, dstate, final_ptr=None, row=None
 ):  # fmt: skip
     """``y`` plus sum_n C_n h_n over the whole sequence, one state at a time: h_n is the scan of
     (exp(dt A_n), dt B_n u) across the threads. The last states go to ``final_ptr`` where it is given."""
+    last = channel_ok & (t == length - 1)
     for n in range(dstate):
-        A = _state_column(A_ptr, n, channel, channel_ok, dstate)
+        A = _channel_tile(A_ptr, channel, channel_ok, n, n < dstate, dstate)
         _, h = _scan(_decay(dt, A), dtu * _state_row(B_ptr, n, t, length, B_row))
         y += _state_row(C_ptr, n, t, length, C_row) * h
         if final_ptr is not None:
-            last = channel_ok & (t == length - 1)
             tl.store(final_ptr + row.to(tl.int64) * dstate + n + t * 0, h, mask=last)
     return y
 
@@ -636,7 +630,7 @@ def _whole_forward_kernel(
 ):  # fmt: skip
     """The forward of BD channels over their whole sequence: y = sum_n C_n h_n + D u, gated by silu(z). The steps
     lie across the program's threads and the scans cross them, as in mamba-ssm; the final states go to ``final``."""
-    batch, group, row, seq, channel, channel_ok, t = _whole_sequence(
+    batch, group, row, seq, channel, channel_ok, t = _whole_sequence_program(
         dim, row_stride, group_size, groups, blocks, LP, BD
     )
     u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
@@ -669,7 +663,7 @@ def _whole_backward_kernel(
     g_t = dy_t C_t + a_{t+1} g_{t+1} as a reverse scan across the threads. With z, y is rebuilt first (a forward
     over the states) for the gate's gradient. dA is written per row, dB and dC summed over the program's channels,
     as the chunked gradient kernel writes them for one chunk."""
-    batch, group, row, seq, channel, channel_ok, t = _whole_sequence(
+    batch, group, row, seq, channel, channel_ok, t = _whole_sequence_program(
         dim, row_stride, group_size, groups, blocks, LP, BD
     )
     u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
@@ -694,7 +688,7 @@ def _whole_backward_kernel(
     ddt = tl.zeros_like(dt)
     matrix = tl.program_id(0).to(tl.int64) * dstate * length + t
     for n in range(dstate):
-        A = _state_column(A_ptr, n, channel, channel_ok, dstate)
+        A = _channel_tile(A_ptr, channel, channel_ok, n, n < dstate, dstate)
         B = _state_row(B_ptr, n, t, length, B_row)
         b = dtu * B
         _, h = _scan(_decay(dt, A), b)
@@ -868,11 +862,13 @@ def _fold(blocks: int, programs: int, wave: int) -> int:
     return min(folds, key=lambda fold: (triton.cdiv(programs // fold, wave) * fold, -fold))
 
 
-def _multiprocessors(device: int | None) -> int:
-    """The device's multiprocessor count; DEFAULT_MULTIPROCESSORS for a plan built without a GPU."""
-    if device is None:
-        return DEFAULT_MULTIPROCESSORS
-    return torch.cuda.get_device_properties(device).multi_processor_count
+def _wave(device: int | None) -> int:
+    """Programs resident at once on the device, GRADIENT_PROGRAMS_PER_SM per multiprocessor (DEFAULT_MULTIPROCESSORS
+    for a plan built without a GPU); at least 1."""
+    multiprocessors = (
+        DEFAULT_MULTIPROCESSORS if device is None else torch.cuda.get_device_properties(device).multi_processor_count
+    )
+    return max(1, GRADIENT_PROGRAMS_PER_SM * multiprocessors)
 
 
 def _chunk_length(rows: int, length: int) -> int:
@@ -970,7 +966,7 @@ class _Plan:
         group_size = dim // groups
         steps = triton.next_power_of_2(length)
         channels = max(1, min(triton.next_power_of_2(group_size), WHOLE_SEQUENCE_ENTRIES // steps))
-        wave = max(1, GRADIENT_PROGRAMS_PER_SM * _multiprocessors(device))
+        wave = _wave(device)
         if batch * groups * triton.cdiv(group_size, channels) < wave:
             channels = max(1, channels // 2)
         blocks = triton.cdiv(group_size, channels)
@@ -1015,7 +1011,7 @@ class _Plan:
         self.single_chunk = chunks == 1
         self.forward_output = walk(_forward_output_kernel, forward, strides, SINGLE_CHUNK=self.single_chunk, **flags)
         self.backward_summary = walk(_backward_summary_kernel, summary, strides, SPAN=CHECKPOINT, **flags)
-        wave = max(1, GRADIENT_PROGRAMS_PER_SM * _multiprocessors(device))
+        wave = _wave(device)
         fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks, wave)
         self.gradient = walk(
             _backward_kernel, gradient, strides, SPAN=CHECKPOINT, FOLD=fold,
