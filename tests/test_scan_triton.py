@@ -67,11 +67,12 @@ def _compare_with_float64_torch(ops, dtype=torch.float32, delta_softplus=True):
     "batch, dim, length, dstate, groups",
     [
         (2, 64, 4096, 16, None),
+        (1, 8, 700, 64, None),
+        # the whole-sequence forward, the chunked backward
         (2, 16, 1000, 16, 4),
         (1, 8, 1, 16, None),
         (2, 8, 300, 5, 2),
         (1, 4, 129, 1, 1),
-        (1, 8, 700, 64, None),
         # whole-sequence programs
         (2, 16, 196, 16, 4),
         (2, 8, 256, 64, None),
@@ -80,12 +81,12 @@ def _compare_with_float64_torch(ops, dtype=torch.float32, delta_softplus=True):
 )
 def test_matches_float64_torch_backend(regime, batch, dim, length, dstate, groups):
     """Chunk-aligned and ragged L, L = 1, grouped B/C, N not a power of two, N = 1 and N = 64 (shorter chunks);
-    sequences short enough for whole-sequence programs."""
+    sequences that take the whole-sequence forward, and short enough for whole-sequence programs."""
     _compare_with_float64_torch(scan_operands(batch, dim, length, dstate, groups=groups, regime=regime, device="cuda"))
 
 
 @gpu
-@pytest.mark.parametrize("length", [517, 100])  # chunked, whole-sequence
+@pytest.mark.parametrize("length", [2000, 517, 100])  # chunked, whole-sequence forward, whole-sequence
 @pytest.mark.parametrize(
     "with_z, with_D, with_bias, softplus", [(False, False, False, True), (True, False, True, False)]
 )
@@ -99,7 +100,7 @@ def test_optional_operands(with_z, with_D, with_bias, softplus, length):
 
 
 @gpu
-@pytest.mark.parametrize("length", [2000, 196])  # chunked, whole-sequence
+@pytest.mark.parametrize("length", [2000, 517, 196])  # chunked, whole-sequence forward, whole-sequence
 def test_bfloat16_inputs(length):
     _compare_with_float64_torch(
         scan_operands(2, 32, length, 16, groups=2, dtype=torch.bfloat16, device="cuda"), torch.bfloat16
@@ -127,7 +128,13 @@ def test_gradients_are_deterministic(length):
 @pytest.mark.skipif("cuda" not in available_backends(), reason="mamba-ssm's kernel is not installed")
 @pytest.mark.parametrize(
     "length, groups, dtype",
-    [(4096, None, torch.float32), (4096, 4, torch.float32), (4096, None, torch.bfloat16), (196, 4, torch.float32)],
+    [
+        (4096, None, torch.float32),
+        (4096, 4, torch.float32),
+        (4096, None, torch.bfloat16),
+        (512, None, torch.float32),
+        (196, 4, torch.float32),
+    ],
 )
 def test_matches_mamba_ssm(length, groups, dtype):
     ops = scan_operands(2, 64, length, 16, groups=groups, dtype=dtype, device="cuda", seed=7)
@@ -234,7 +241,7 @@ def test_chunks_pad_the_sequence_least(rows, length, chunk):
     [
         ((2, 64, 32768, 16), 16, 65536),  # 512 chunks of 64 steps: one thread per channel and chunk is enough
         ((16, 64, 16384, 16), 16, 65536),
-        ((2, 256, 512, 16), 8, 16384),  # 16 chunks of the shortest length, 32 steps: two threads per channel
+        ((4, 512, 512, 16), 8, 65536),  # 16 chunks of the shortest length, 32 steps: two threads per channel
         ((2, 128, 4096, 16), 8, 65536),
         ((2, 64, 1024, 64), 16, 16384),  # N = 64 spreads a channel over 4 threads already: no split
     ],
@@ -262,13 +269,42 @@ def test_gradient_programs_fold_the_adjoint_carry_on_few_chunks(shape, chunks, i
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
-@pytest.mark.parametrize("shape, single", [((32, 3072, 784), True), ((8, 3072, 784), False), ((2, 64, 320), False)])
+@pytest.mark.parametrize("shape, single", [((32, 3072, 784), True), ((8, 3072, 784), False), ((16, 256, 320), False)])
 def test_one_chunk_sequences_take_the_output_launch_alone(shape, single):
     """A sequence of one chunk starts from a zero state: no summary and carry launches (Mamba-UNet's 28 x 28 stage at
     batch 32)."""
     plan = contiguous_plan(*shape, dstate=16)
     assert plan.single_chunk == plan.forward_output.constants["SINGLE_CHUNK"] == single
     assert plan.forward_output.grid[1] == 1 or not single
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize(
+    "shape, whole_forward, chunk, chunks",
+    [
+        ((2, 256, 512, 16), True, 32, 16),
+        ((2, 512, 512, 16), True, 32, 16),  # rows x steps x states = 2^23, WHOLE_FORWARD_WORK
+        ((2, 64, 1000, 16), True, 32, 32),  # padded to 1024 steps
+        ((2, 16, 300, 16), True, 32, 10),  # the last chunk of 12 steps
+        ((4, 192, 784, 16), False, 32, 25),  # 768 rows x 1024 steps x 16 states: more work than the limit
+        ((2, 32, 1024, 32), False, 32, 32),  # more states than WHOLE_FORWARD_STATES
+        ((2, 16, 2048, 16), False, 32, 64),  # longer than WHOLE_FORWARD_STEPS
+    ],
+)
+def test_short_chunked_sequences_take_the_whole_sequence_forward(shape, whole_forward, chunk, chunks):
+    """Chunked sequences with little work take the forward in one whole-sequence launch, which leaves every chunk's
+    entry state and sum of dt for the chunked backward; the others the summary, carry and output launches."""
+    plan = contiguous_plan(*shape)
+    batch, dim, length, dstate = shape
+    rows = batch * dim
+    assert not plan.whole_sequence and plan.gradient.grid[1] == chunks
+    assert (plan.whole_forward is not None) == whole_forward
+    assert hasattr(plan, "forward_output") != whole_forward
+    if not whole_forward:
+        return
+    assert (plan.whole_forward.constants["CHUNK"], plan.whole_forward.sizes[6]) == (chunk, chunks)
+    # no chunk end states (there is no summary launch); sums of dt, entry states and the final state
+    assert plan.forward_workspace[1] == [0, rows * chunks, rows * chunks * dstate, rows * dstate]
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
@@ -291,8 +327,9 @@ def test_short_sequences_take_whole_sequence_programs(shape, whole, channels, wa
     plan = contiguous_plan(*shape)
     assert plan.whole_sequence == whole
     if not whole:
-        assert not hasattr(plan, "whole_forward")
+        assert not hasattr(plan, "whole_backward")
         return
+    assert plan.whole_forward.constants["CHUNK"] == 0
     for launcher in (plan.whole_forward, plan.whole_backward):
         assert (launcher.constants["BD"], launcher.options["num_warps"]) == (channels, warps)
         assert launcher.constants["LP"] * channels <= scan_triton.WHOLE_SEQUENCE_ENTRIES
@@ -345,6 +382,11 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         dict(batch=1, dim=4, length=45, dstate=64, groups=None, dtype=torch.float32),
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
+        # the whole-sequence forward, the chunked backward
+        dict(batch=2, dim=4, length=40, dstate=16, groups=None, dtype=torch.float32),
+        dict(batch=2, dim=6, length=37, dstate=5, groups=3, dtype=torch.float32),
+        dict(batch=2, dim=4, length=100, dstate=4, groups=None, dtype=torch.float32),
+        dict(batch=1, dim=4, length=29, dstate=4, groups=None, dtype=torch.bfloat16),
         # whole-sequence programs
         dict(batch=2, dim=4, length=40, dstate=16, groups=None, dtype=torch.float32),
         dict(batch=1, dim=6, length=37, dstate=5, groups=3, dtype=torch.float32),
@@ -353,16 +395,16 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
     ]
-    chunked = 9
-    # sequences of at most this many steps take whole-sequence programs; 0 chunks every sequence
-    whole_steps = (0,) * chunked + (256,) * 6
-    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 16, 8) + (65536,) * 6
+    # chunked forward and backward, the whole-sequence forward with the chunked backward, whole-sequence programs
+    paths = ("chunked",) * 9 + ("whole forward",) * 4 + ("whole",) * 6
+    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 16, 8) + (65536,) * 10
     # gradient programs resident per multiprocessor; 0 makes a wave of one program, where every fold ties and the
     # largest is taken. A whole-sequence plan then takes 4 warps per program, else 1
-    programs = (8, 8, 8, 8, 8, 8, 0, 8, 8) + (0, 8, 8, 8, 8, 8)
+    programs = (8, 8, 8, 8, 8, 8, 0, 8, 8) + (8,) * 4 + (0, 8, 8, 8, 8, 8)
     # plans of at most this many chunks fold the adjoint carry in the gradient kernel; 0 launches the carry kernel
-    inline_chunks = (16, 0, 16, 16, 0, 16, 16, 0, 16) + (16,) * 6
-    layouts = (None,) * 7 + ("sliced", "channel-major") + (None,) * 4 + ("sliced", "channel-major")
+    inline_chunks = (16, 0, 16, 16, 0, 16, 16, 0, 16) + (16, 16, 0, 16) + (16,) * 6
+    layouts = (None,) * 7 + ("sliced", "channel-major") + (None, "channel-major", "sliced", None)
+    layouts += (None,) * 4 + ("sliced", "channel-major")
     BATCHED = ("u", "delta", "z", "B", "C")
 
     def in_channel_major_order(v):
@@ -387,15 +429,17 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         return leaves, arguments
 
     folds, forward_states, inline_carries, single_chunks, whole_warps = [], [], [], [], []
-    for case, whole, forward_threads, gradient_programs, inline, layout in zip(
-        cases, whole_steps, threads, programs, inline_chunks, layouts
+    for case, path, forward_threads, gradient_programs, inline, layout in zip(
+        cases, paths, threads, programs, inline_chunks, layouts
     ):
         # the first case's forward shares each channel's 16 states between two threads (a short sequence: few chunks).
         # Few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans). N = 64 gives
         # 2 channels per gradient program: two partial dB and dC to sum in the fifth case, and in the seventh, where a
         # wave holds one program, one program taking both blocks and adding up their dB and dC in place
         scan_triton.FORWARD_THREADS, scan_triton.GRADIENT_PROGRAMS_PER_SM = forward_threads, gradient_programs
-        scan_triton.INLINE_CARRY_CHUNKS, scan_triton.WHOLE_SEQUENCE_STEPS = inline, whole
+        scan_triton.INLINE_CARRY_CHUNKS = inline
+        scan_triton.WHOLE_SEQUENCE_STEPS = 256 if path == "whole" else 0
+        scan_triton.WHOLE_FORWARD_STEPS = 0 if path == "chunked" else 256
         scan_triton._PLANS.clear()  # plans are keyed by the operands alone: build this case's with these constants
         ops = scan_operands(**case, seed=case["length"])
         # in the operands' dtype, so that the float64 reference differentiates the same bf16 values; seeded, like them
@@ -415,16 +459,17 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         errors.update({"d" + k: relative_error(grads[k], ref_grads[k]) for k in ops})
         assert max(errors.values()) <= bound, (case, errors)
         (plan,) = scan_triton._PLANS.values()
-        assert plan.whole_sequence == bool(whole)
-        if plan.whole_sequence:
+        assert plan.whole_sequence == (path == "whole")
+        assert (plan.whole_forward is None) == (path == "chunked")
+        if path == "whole":
             whole_warps.append(plan.whole_forward.options["num_warps"])
-            forward = plan.whole_forward
         else:
             folds.append(plan.gradient.constants["FOLD"])
-            forward_states.append(plan.forward_output.constants["NP"])
             inline_carries.append(plan.inline_carry)
+        if path == "chunked":
+            forward_states.append(plan.forward_output.constants["NP"])
             single_chunks.append(plan.single_chunk)
-            forward = plan.forward_output
+        forward = plan.forward_output if path == "chunked" else plan.whole_forward
         # sliced and channel-major operands are read in place, not copied
         strides = scan_triton._Strides(*forward.sizes[-9:])
         u_batch, delta_batch, z_batch, B_batch, C_batch = batch_strides
@@ -437,7 +482,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         assert (strides.row, strides.out_batch, strides.B_row) == rows
     assert folds[4:7] == [1, 1, 2], folds
     assert forward_states[:3] == [8, 8, 16], forward_states
-    assert inline_carries == [bool(chunks) for chunks in inline_chunks[:chunked]], inline_carries
+    assert inline_carries == [bool(chunks) for chunks in inline_chunks[:13]], inline_carries
     # one chunk (L = 1, L = 29, and the last case's 40 steps in a 64-step chunk): the output launch alone
     assert single_chunks == [False, False, False, True, False, True, False, False, True], single_chunks
     assert whole_warps == [1, 4, 4, 4, 4, 4], whole_warps

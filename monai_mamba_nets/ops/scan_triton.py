@@ -29,10 +29,15 @@ Backward, four launches, for the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}:
 
 Short sequences (at most ``WHOLE_SEQUENCE_STEPS``) are not chunked. A program takes a few channels over the whole
 sequence, its (steps, channels) tiles spread over the threads, and loops over the N states: per state, one scan of
-(a, b) across the threads gives h, y += C h. The backward rebuilds y for the gate's gradient where there is z, then
-per state scans h forward and the adjoint backward (with a_{t+1} from dt one step later) and reduces dA over the
-steps, dB and dC over the channels. One launch forward, two backward (gradients, sums). Chunks of a few dozen steps
-leave the many channels of Mamba-UNet's deep stages with too little work per thread for the chunked kernels.
+(a, b) across the threads gives h, y += C h. The forward saves y before the gate where there is z; the backward
+takes it for the gate's gradient, then per state scans h forward and the adjoint backward (with a_{t+1} from dt one
+step later) and reduces dA over the steps, dB and dC over the channels. One launch forward, two backward (gradients,
+sums). Chunks of a few dozen steps leave the many channels of Mamba-UNet's deep stages with too little work per
+thread for the chunked kernels.
+
+Chunked sequences with little work (``_takes_whole_forward``: up to 1024 steps) take the same whole-sequence forward
+in place of the three forward launches; it also stores what the chunked backward needs, each chunk's sum of dt (a
+scan that restarts at every chunk) and entry state.
 
 No (batch, dim, L, N) tensor is written to memory. dB and dC are summed over a program's channels in
 registers and over channel blocks by the sums kernel; dA, dD and ddelta_bias per chunk, then over chunks and
@@ -109,6 +114,15 @@ WHOLE_SEQUENCE_STEPS = 224
 # 0.056 ms
 WHOLE_SEQUENCE_ENTRIES = 512
 WHOLE_SEQUENCE_MAX_WARPS = 4
+# chunked sequences still take the whole-sequence forward (one launch instead of three; it also leaves every chunk's
+# entry state and sum of dt for the chunked backward) where they are at most WHOLE_FORWARD_STEPS long, have at most
+# WHOLE_FORWARD_STATES states (its programs walk the states one after another) and rows x steps (padded to a power of
+# two) x states is at most WHOLE_FORWARD_WORK. On the H100, forward GPU time: (2, 256, 512) 0.0208 -> 0.0169 ms,
+# (4, 192, 256) 0.0208 -> 0.0159, (2, 512, 512) 0.0271 -> 0.0256; slower past these limits: (4, 192, 784)
+# 0.0303 -> 0.0444, (16, 64, 1024) 0.0356 -> 0.0459, (2, 32, 1024, N = 32) 0.0256 -> 0.0300
+WHOLE_FORWARD_STEPS = 1024
+WHOLE_FORWARD_STATES = 16
+WHOLE_FORWARD_WORK = 2**23
 # a register cap for the forward summary kernel: 15 % faster on the H100 at L >= 16384 (more warps per SM)
 FORWARD_SUMMARY_REGISTERS = 128
 
@@ -606,30 +620,40 @@ def _state_row(ptr, n, t, length, row_stride):
 
 @triton.jit
 def _whole_output(
-    A_ptr, B_ptr, C_ptr, B_row, C_row, y, dt, dtu, channel, channel_ok, t, length, dstate, final_ptr=None, row=None
+    A_ptr, B_ptr, C_ptr, B_row, C_row, y, dt, dtu, channel, channel_ok, row, t, length, dstate, final_ptr, entry_ptr,
+    chunks, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """``y`` plus sum_n C_n h_n over the whole sequence, one state at a time: h_n is the scan of
-    (exp(dt A_n), dt B_n u) across the threads. The last states go to ``final_ptr`` where it is given."""
+    (exp(dt A_n), dt B_n u) across the threads. The last states go to ``final_ptr``; with CHUNK, the states
+    entering every chunk of CHUNK steps (zero for the first) to ``entry_ptr``, as (rows, chunks, N)."""
     last = channel_ok & (t == length - 1)
+    if CHUNK > 0:
+        # chunk c is entered with the state after step c * CHUNK - 1, chunk 0 with zero (stored from step 0)
+        enters = channel_ok & ((t == 0) | ((t % CHUNK == CHUNK - 1) & (t + 1 < length)))
+        entries = (row.to(tl.int64) * chunks + tl.where(t == 0, 0, (t + 1) // CHUNK)) * dstate
     for n in range(dstate):
         A = _channel_tile(A_ptr, channel, channel_ok, n, n < dstate, dstate)
         _, h = _scan(_decay(dt, A), dtu * _state_row(B_ptr, n, t, length, B_row))
         y += _state_row(C_ptr, n, t, length, C_row) * h
-        if final_ptr is not None:
-            tl.store(final_ptr + row.to(tl.int64) * dstate + n + t * 0, h, mask=last)
+        tl.store(final_ptr + row.to(tl.int64) * dstate + n + t * 0, h, mask=last)
+        if CHUNK > 0:
+            tl.store(entry_ptr + entries + n, tl.where(t == 0, 0.0, h), mask=enters)
     return y
 
 
 @triton.jit
 def _whole_forward_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, final_ptr, out_ptr,
-    dim, length, dstate, group_size, groups, blocks, u_batch, delta_batch, z_batch, row_stride, out_batch,
-    B_batch, B_row, C_batch, C_row,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dtsum_ptr, entry_ptr, final_ptr, pre_gate_ptr,
+    out_ptr, dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, z_batch, row_stride,
+    out_batch, B_batch, B_row, C_batch, C_row,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    LP: tl.constexpr, BD: tl.constexpr,
+    LP: tl.constexpr, BD: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """The forward of BD channels over their whole sequence: y = sum_n C_n h_n + D u, gated by silu(z). The steps
-    lie across the program's threads and the scans cross them, as in mamba-ssm; the final states go to ``final``."""
+    lie across the program's threads and the scans cross them, as in mamba-ssm; the final states go to ``final``.
+    With CHUNK (for the chunked backward), the sum of dt of every chunk of CHUNK steps and the state entering it
+    go to ``dtsum`` and ``entry``, as the chunked forward leaves them; without (for the whole-sequence backward), y
+    before the gate goes to ``pre_gate`` where there is z."""
     batch, group, row, seq, channel, channel_ok, t = _whole_sequence_program(
         dim, row_stride, group_size, groups, blocks, LP, BD
     )
@@ -640,11 +664,20 @@ def _whole_forward_kernel(
     u = _sequence(u_ptr, seq, t, valid)
     _, dt = _time_step(delta_ptr, _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS), seq, t, valid, SOFTPLUS)
     dtu = dt * u
+    if CHUNK > 0:
+        # sums of dt that restart at every chunk's first step, read at its last
+        _, dtsum = _scan(tl.where(t % CHUNK == 0, 0.0, 1.0) + tl.zeros_like(dt), dt)
+        ends = valid & ((t % CHUNK == CHUNK - 1) | (t == length - 1))
+        tl.store(dtsum_ptr + row.to(tl.int64) * chunks + t // CHUNK, dtsum, mask=ends)
     y = _per_channel(D_ptr, channel, channel_ok, HAS_D) * u
     y = _whole_output(
-        A_ptr, B_ptr, C_ptr, B_row, C_row, y, dt, dtu, channel, channel_ok, t, length, dstate, final_ptr, row
-    )
+        A_ptr, B_ptr, C_ptr, B_row, C_row, y, dt, dtu, channel, channel_ok, row, t, length, dstate,
+        final_ptr, entry_ptr, chunks, CHUNK,
+    )  # fmt: skip
     if HAS_Z:
+        if CHUNK == 0:
+            pre_gate = _at_batch(pre_gate_ptr, batch, out_batch) + seq + t
+            tl.store(pre_gate, y.to(pre_gate_ptr.dtype.element_ty), mask=valid)
         z = _sequence(_at_batch(z_ptr, batch, z_batch), seq, t, valid)
         y *= z * tl.sigmoid(z)
     tl.store(_at_batch(out_ptr, batch, out_batch) + seq + t, y.to(out_ptr.dtype.element_ty), mask=valid)
@@ -652,7 +685,7 @@ def _whole_forward_kernel(
 
 @triton.jit
 def _whole_backward_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, pre_gate_ptr, dout_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     dim, length, dstate, group_size, groups, blocks, u_batch, delta_batch, z_batch, row_stride, out_batch,
     B_batch, B_row, C_batch, C_row,
@@ -660,9 +693,9 @@ def _whole_backward_kernel(
     LP: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
     """All gradients of BD channels over their whole sequence, one state at a time, with the adjoint
-    g_t = dy_t C_t + a_{t+1} g_{t+1} as a reverse scan across the threads. With z, y is rebuilt first (a forward
-    over the states) for the gate's gradient. dA is written per row, dB and dC summed over the program's channels,
-    as the chunked gradient kernel writes them for one chunk."""
+    g_t = dy_t C_t + a_{t+1} g_{t+1} as a reverse scan across the threads. With z, the gate's gradient takes y
+    before the gate from ``pre_gate``, which the forward wrote. dA is written per row, dB and dC summed over the
+    program's channels, as the chunked gradient kernel writes them for one chunk."""
     batch, group, row, seq, channel, channel_ok, t = _whole_sequence_program(
         dim, row_stride, group_size, groups, blocks, LP, BD
     )
@@ -680,7 +713,7 @@ def _whole_backward_kernel(
     D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
     dy = _sequence(dout_ptr, seq, t, valid)
     if HAS_Z:
-        y = _whole_output(A_ptr, B_ptr, C_ptr, B_row, C_row, D * u, dt, dtu, channel, channel_ok, t, length, dstate)
+        y = _sequence(_at_batch(pre_gate_ptr, batch, out_batch), seq, t, valid)
         z = _sequence(_at_batch(z_ptr, batch, z_batch), seq, t, valid)
         dy, dz = _gate_gradient(dy, z, y)
         tl.store(_at_batch(dz_ptr, batch, out_batch) + seq + t, dz.to(dz_ptr.dtype.element_ty), mask=valid)
@@ -871,6 +904,34 @@ def _wave(device: int | None) -> int:
     return max(1, GRADIENT_PROGRAMS_PER_SM * multiprocessors)
 
 
+def _whole_sequence_launcher(
+    kernel, batch, dim, length, dstate, groups, device, strides, flags, chunks=None, **constants
+):  # fmt: skip
+    """A launcher of whole-sequence programs over (batch, group, channel block), ``chunks`` (where given) among its
+    sizes. A program's tiles hold WHOLE_SEQUENCE_ENTRIES (step, channel) entries, fewer where its programs would
+    not fill a wave; its warps are as many as it takes to fill one, up to WHOLE_SEQUENCE_MAX_WARPS."""
+    group_size = dim // groups
+    steps = triton.next_power_of_2(length)
+    channels = max(1, min(triton.next_power_of_2(group_size), WHOLE_SEQUENCE_ENTRIES // steps))
+    wave = _wave(device)
+    if batch * groups * triton.cdiv(group_size, channels) < wave:
+        channels = max(1, channels // 2)
+    blocks = triton.cdiv(group_size, channels)
+    programs = batch * groups * blocks
+    warps = min(WHOLE_SEQUENCE_MAX_WARPS, triton.next_power_of_2(triton.cdiv(wave, programs)))
+    counts = (blocks,) if chunks is None else (blocks, chunks)
+    sizes = (dim, length, dstate, group_size, groups, *counts, *strides)
+    return _Launcher(
+        kernel, (programs,), device, dict(num_warps=warps), sizes, **flags, LP=steps, BD=channels, **constants
+    )
+
+
+def _takes_whole_forward(rows: int, length: int, dstate: int) -> bool:
+    """Whether a chunked sequence takes the whole-sequence forward (WHOLE_FORWARD_STEPS, _STATES and _WORK)."""
+    work = rows * triton.next_power_of_2(length) * dstate
+    return length <= WHOLE_FORWARD_STEPS and dstate <= WHOLE_FORWARD_STATES and work <= WHOLE_FORWARD_WORK
+
+
 def _chunk_length(rows: int, length: int) -> int:
     """Steps per chunk: a multiple of CHECKPOINT, of about the power of two that gives FORWARD_THREADS threads, cut so
     that the chunks pad the sequence least. Every chunk is walked whole, padding included: L = 3136 (a 56 x 56 map)
@@ -922,7 +983,8 @@ class _Plan:
     Built at the first call with a configuration and reused: later calls allocate their workspace and outputs and
     make their launches, and no other host work. Sequences of at most WHOLE_SEQUENCE_STEPS steps are not chunked:
     a program takes its channels over the whole sequence (one launch forward, two backward); longer ones take
-    three launches (one for a single chunk) forward and three or four backward.
+    three launches (one for a single chunk, or the whole-sequence forward where ``_takes_whole_forward``) forward
+    and three or four backward.
     """
 
     def __init__(
@@ -935,6 +997,7 @@ class _Plan:
         self.channel_major = strides.out_batch != dim * length
         self.whole_sequence = length <= WHOLE_SEQUENCE_STEPS
         flags = dict(HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus)
+        self.whole_forward = None
         build = self._whole_sequence if self.whole_sequence else self._chunked
         chunks, partials, forward_regions, backward_regions = build(
             batch, dim, length, dstate, groups, device, strides, flags
@@ -963,22 +1026,13 @@ class _Plan:
 
     def _whole_sequence(self, batch, dim, length, dstate, groups, device, strides, flags):
         """The two whole-sequence launchers. Returns what ``_chunked`` does, for one chunk that needs no regions."""
-        group_size = dim // groups
-        steps = triton.next_power_of_2(length)
-        channels = max(1, min(triton.next_power_of_2(group_size), WHOLE_SEQUENCE_ENTRIES // steps))
-        wave = _wave(device)
-        if batch * groups * triton.cdiv(group_size, channels) < wave:
-            channels = max(1, channels // 2)
-        blocks = triton.cdiv(group_size, channels)
-        programs = batch * groups * blocks
-        warps = min(WHOLE_SEQUENCE_MAX_WARPS, triton.next_power_of_2(triton.cdiv(wave, programs)))
-        grid, sizes = (programs,), (dim, length, dstate, group_size, groups, blocks, *strides)
-        options = dict(num_warps=warps)
-        self.whole_forward, self.whole_backward = (
-            _Launcher(kernel, grid, device, options, sizes, LP=steps, BD=channels, **flags)
-            for kernel in (_whole_forward_kernel, _whole_backward_kernel)
+        self.whole_forward = _whole_sequence_launcher(
+            _whole_forward_kernel, batch, dim, length, dstate, groups, device, strides, flags, chunks=1, CHUNK=0
         )
-        return 1, blocks, (0, 0, 0), (0, 0, 0, 0)
+        self.whole_backward = _whole_sequence_launcher(
+            _whole_backward_kernel, batch, dim, length, dstate, groups, device, strides, flags
+        )
+        return 1, self.whole_backward.grid[0] // (batch * groups), (0, 0, 0), (0, 0, 0, 0)
 
     def _chunked(self, batch, dim, length, dstate, groups, device, strides, flags):
         """The chunked launchers. Returns (chunks, partial dB and dC per (batch, group), the sizes of the forward's
@@ -998,18 +1052,26 @@ class _Plan:
             options = dict(num_warps=layout.warps, maxnreg=max_registers)
             return _Launcher(kernel, grid, device, options, sizes, **constants, **layout.constants(), **walk_flags)
 
-        forward = _layout(dstate, group_size, FORWARD_STATES)
-        if forward.lanes == 1 and rows * chunks < FORWARD_THREADS:
-            forward = _layout(dstate, group_size, SHORT_FORWARD_STATES)
-        summary = _layout(dstate, group_size, SUMMARY_STATES)
-        gradient = _layout(dstate, group_size, GRADIENT_STATES, GRADIENT_WARPS)
-        self.forward_summary = walk(
-            _forward_summary_kernel, forward, strides.summary(), FORWARD_SUMMARY_REGISTERS,
-            HAS_BIAS=flags["HAS_BIAS"], SOFTPLUS=flags["SOFTPLUS"],
-        )  # fmt: skip
         # a sequence of one chunk needs no summary or carry: the output kernel starts it from zero
         self.single_chunk = chunks == 1
-        self.forward_output = walk(_forward_output_kernel, forward, strides, SINGLE_CHUNK=self.single_chunk, **flags)
+        if _takes_whole_forward(rows, length, dstate):
+            self.whole_forward = _whole_sequence_launcher(
+                _whole_forward_kernel, batch, dim, length, dstate, groups, device, strides, flags, chunks=chunks,
+                CHUNK=chunk,
+            )  # fmt: skip
+        else:
+            forward = _layout(dstate, group_size, FORWARD_STATES)
+            if forward.lanes == 1 and rows * chunks < FORWARD_THREADS:
+                forward = _layout(dstate, group_size, SHORT_FORWARD_STATES)
+            self.forward_summary = walk(
+                _forward_summary_kernel, forward, strides.summary(), FORWARD_SUMMARY_REGISTERS,
+                HAS_BIAS=flags["HAS_BIAS"], SOFTPLUS=flags["SOFTPLUS"],
+            )  # fmt: skip
+            self.forward_output = walk(
+                _forward_output_kernel, forward, strides, SINGLE_CHUNK=self.single_chunk, **flags
+            )
+        summary = _layout(dstate, group_size, SUMMARY_STATES)
+        gradient = _layout(dstate, group_size, GRADIENT_STATES, GRADIENT_WARPS)
         self.backward_summary = walk(_backward_summary_kernel, summary, strides, SPAN=CHECKPOINT, **flags)
         wave = _wave(device)
         fold = _fold(gradient.blocks, batch * groups * gradient.blocks * chunks, wave)
@@ -1028,35 +1090,43 @@ class _Plan:
         # a single chunk's end states (no summary launch), and the reverse carry's two outputs where the gradient
         # programs fold the adjoint summaries themselves, are never written
         states = rows * chunks * dstate
-        end_states = 0 if self.single_chunk else states
+        end_states = 0 if self.single_chunk or self.whole_forward is not None else states
         incoming, first_adjoint = (0, 0) if self.inline_carry else (states, rows * dstate)
         forward_regions = (end_states, rows * chunks, states)
         backward_regions = (rows * spans * dstate, states, incoming, first_adjoint)
         return chunks, gradient.blocks // fold, forward_regions, backward_regions
 
     def forward(self, u, delta, A, B, C, D, z, bias, return_last_state):
-        """(out, the chunks' sums of dt and entry states for the backward, last state or None)."""
+        """(out, what the backward needs besides the operands, last state or None). The chunked backward needs the
+        chunks' sums of dt and entry states; the whole-sequence one y before the gate, where there is z."""
         total, split = self.forward_workspace
         state, dtsum, entry, final = torch.empty(total, dtype=torch.float32, device=u.device).split(split)
         out = _empty_sequence(u, self.channel_major)
         if self.whole_sequence:
-            self.whole_forward(u, delta, A, B, C, D, z, bias, final, out)
+            pre_gate = None if z is None else _empty_sequence(u, self.channel_major)
+            self.whole_forward(u, delta, A, B, C, D, z, bias, dtsum, entry, final, pre_gate, out)
+            saved = () if pre_gate is None else (pre_gate,)
         else:
-            if not self.single_chunk:
-                self.forward_summary(u, delta, A, B, bias, state, dtsum)
-                self.carry[False](A, dtsum, state, entry, final)
-            self.forward_output(u, delta, A, B, C, D, z, bias, entry, final, out)
+            if self.whole_forward is not None:
+                self.whole_forward(u, delta, A, B, C, D, z, bias, dtsum, entry, final, None, out)
+            else:
+                if not self.single_chunk:
+                    self.forward_summary(u, delta, A, B, bias, state, dtsum)
+                    self.carry[False](A, dtsum, state, entry, final)
+                self.forward_output(u, delta, A, B, C, D, z, bias, entry, final, out)
+            saved = (dtsum, entry)
         if not return_last_state:
-            return out, dtsum, entry, None
+            return out, saved, None
         batch, dim, _ = self.shape
-        return out, dtsum, entry, final[: batch * dim * self.dstate].view(batch, dim, self.dstate)
+        return out, saved, final[: batch * dim * self.dstate].view(batch, dim, self.dstate)
 
-    def backward(self, u, delta, A, B, C, D, z, bias, dtsum, entry, dout):
-        """Gradients of u, delta, A, B, C, D, z and delta_bias (None for absent operands)."""
+    def backward(self, operands, saved, dout):
+        """Gradients of u, delta, A, B, C, D, z and delta_bias (None for absent operands) from the operands and what
+        ``forward`` saved."""
+        u, delta, A, B, C, D, z, bias = operands
         total, split = self.backward_workspace
         regions = torch.empty(total, dtype=torch.float32, device=u.device).split(split)
         checkpoints, adjoint, incoming, first_adjoint, dA_part, dD_part, dbias_part, dB_part, dC_part = regions
-        operands = (u, delta, A, B, C, D, z, bias)
         du, ddelta = (_empty_sequence(x, self.channel_major) for x in (u, delta))
         dz = None if z is None else _empty_sequence(z, self.channel_major)
         dA, dB, dC = (_contiguous_like(x) for x in (A, B, C))
@@ -1065,8 +1135,10 @@ class _Plan:
             dB_part, dC_part = dB, dC
         gradients = (du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part)
         if self.whole_sequence:
-            self.whole_backward(*operands, dout, *gradients)
+            pre_gate = saved[0] if saved else None
+            self.whole_backward(*operands, pre_gate, dout, *gradients)
         else:
+            dtsum, entry = saved
             self.backward_summary(*operands, entry, dout, checkpoints, adjoint)
             if self.inline_carry:
                 incoming = adjoint  # the gradient programs fold the adjoint summaries themselves
@@ -1176,8 +1248,8 @@ class SelectiveScanTriton(torch.autograd.Function):
         strides = _Strides(u.stride(0), delta.stride(0), z_batch, row, out_batch, B_batch, B_row, C_batch, C_row)
         plan = _plan(u, A, B, C, D, z, delta_bias, bool(delta_softplus), strides)
         with _on_device(u):
-            out, dtsum, entry, last_state = plan.forward(*operands, return_last_state)
-        ctx.save_for_backward(*operands, dtsum, entry)
+            out, saved, last_state = plan.forward(*operands, return_last_state)
+        ctx.save_for_backward(*operands, *saved)
         ctx.plan = plan
         if not return_last_state:
             return out
@@ -1189,7 +1261,8 @@ class SelectiveScanTriton(torch.autograd.Function):
         with _on_device(dout):
             # dy is read at the output's strides
             dout = _sequence_operand(dout, True) if ctx.plan.channel_major else _aligned(dout)
-            return (*ctx.plan.backward(*ctx.saved_tensors, dout), None, None)
+            tensors = ctx.saved_tensors
+            return (*ctx.plan.backward(tensors[:8], tensors[8:], dout), None, None)
 
 
 def selective_scan_triton(
