@@ -108,6 +108,23 @@ def test_bfloat16_inputs(length):
 
 
 @gpu
+@pytest.mark.parametrize("length", [2000, 517, 196])  # chunked, whole-sequence forward, whole-sequence
+def test_inference_runs_without_autograd(length):
+    """Under no_grad, or where no operand requires grad, the kernels run without an autograd Function: the same
+    output and last state, and no graph."""
+    ops = scan_operands(2, 16, length, 16, groups=2, device="cuda", seed=8)
+    leaves = {k: v.clone().requires_grad_() for k, v in ops.items()}
+    trained = selective_scan(**leaves, backend="triton", delta_softplus=True, return_last_state=True)
+    with torch.no_grad():
+        inferred = selective_scan(**ops, backend="triton", delta_softplus=True, return_last_state=True)
+    constant = selective_scan(**ops, backend="triton", delta_softplus=True, return_last_state=True)
+    assert trained[0].grad_fn is not None
+    for out, last in (inferred, constant):
+        assert out.grad_fn is None
+        assert torch.equal(out, trained[0].detach()) and torch.equal(last, trained[1])
+
+
+@gpu
 @pytest.mark.slow
 def test_very_long_sequence():
     """L = 2^21 (a 128^3 volume): thousands of chunks carried through the carry pass."""
@@ -329,7 +346,9 @@ def test_short_sequences_take_whole_sequence_programs(shape, whole, channels, wa
     if not whole:
         assert not hasattr(plan, "whole_backward")
         return
-    assert plan.whole_forward.constants["CHUNK"] == 0
+    # y before the gate saved for the backward, not where nothing is differentiated
+    assert plan.whole_forward.constants["CHUNK"] == 0 and plan.whole_forward.constants["PRE_GATE"]
+    assert not plan.whole_inference.constants["PRE_GATE"]
     for launcher in (plan.whole_forward, plan.whole_backward):
         assert (launcher.constants["BD"], launcher.options["num_warps"]) == (channels, warps)
         assert launcher.constants["LP"] * channels <= scan_triton.WHOLE_SEQUENCE_ENTRIES
@@ -454,6 +473,11 @@ _INTERPRETER_CHECK = textwrap.dedent("""
             grads = {k: v.grad[tuple(map(slice, ops[k].shape))] for k, v in leaves.items()}
             results.append((out, last, grads))
         (out, last, grads), (ref, ref_last, ref_grads) = results
+        if layout is None and case["length"] == 40:  # one case of each path: inference runs without autograd
+            with torch.no_grad():
+                _, arguments = leaves_and_arguments(ops, None, layout)
+                inferred = scan_triton.selective_scan_triton(**arguments, delta_softplus=True, return_last_state=True)
+            assert inferred[0].grad_fn is None and torch.equal(inferred[0], out) and torch.equal(inferred[1], last)
         bound = 1e-5 if case["dtype"] == torch.float32 else 1e-2
         errors = {"out": relative_error(out, ref), "last": relative_error(last, ref_last)}
         errors.update({"d" + k: relative_error(grads[k], ref_grads[k]) for k in ops})
