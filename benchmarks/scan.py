@@ -3,13 +3,16 @@
     python benchmarks/scan.py                     # CPU: torch backend vs the loop under autograd
     python benchmarks/scan.py --device cuda       # GPU: every available backend
     python benchmarks/scan.py --device cuda --graph   # GPU time alone: each call replayed from a CUDA graph
+    python benchmarks/scan.py --device cuda --host    # host time alone: from the call to its return
 
 Prints medians over ``--repeats`` runs, forward and forward+backward, with the extra peak memory of one call
 (CPU: resident-set growth measured in a fresh process per case; GPU: ``torch.cuda.max_memory_allocated``)
 and the effective bandwidth (bytes of u, delta, B, C, z read and y written, divided by the time). CPU times are
 host wall-clock; GPU times are CUDA-event times of one call each, with the L2 cache flushed before it (so the
 Python launch overhead counts only where the GPU would wait for it). With ``--graph``, each call is captured once in
-a CUDA graph and its replays are timed: GPU time alone, without the host's launch costs, and with a warm L2.
+a CUDA graph and its replays are timed: GPU time alone, without the host's launch costs, and with a warm L2. With
+``--host``, the host's time from the call to its return is timed, the GPU idle before each call: what the Python
+side of a call costs (no bandwidth is printed then).
 """
 
 from __future__ import annotations
@@ -67,7 +70,14 @@ def _rss_bytes() -> int:
 
 
 def run_case(
-    backend: str, shape, device: str, dtype: torch.dtype, backward: bool, repeats: int, graph: bool = False
+    backend: str,
+    shape,
+    device: str,
+    dtype: torch.dtype,
+    backward: bool,
+    repeats: int,
+    graph: bool = False,
+    host: bool = False,
 ) -> dict:
     """One (backend, shape, mode): median seconds and extra peak bytes of one call over the inputs' footprint."""
     torch.manual_seed(0)
@@ -90,12 +100,14 @@ def run_case(
         if graph:
             times = graph_seconds(lambda: _call(backend, tensors, backward), repeats)
         else:
-            timer = _gpu_seconds if device == "cuda" else _host_seconds
+            timer = _gpu_seconds if device == "cuda" and not host else _host_seconds
             times = [timer(backend, tensors, backward) for _ in range(repeats)]
     return {"seconds": statistics.median(times), "peak_bytes": max(0, peak)}
 
 
 def _host_seconds(backend, tensors, backward) -> float:
+    if tensors["u"].is_cuda:  # the GPU idle: a full launch queue would make the host wait
+        torch.cuda.synchronize()
     start = time.perf_counter()
     _call(backend, tensors, backward)
     return time.perf_counter() - start
@@ -158,9 +170,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--graph", action="store_true", help="GPU: time replays of a CUDA graph (no host overhead)")
+    parser.add_argument("--host", action="store_true", help="GPU: time the host from the call to its return")
     args = parser.parse_args()
-    if args.graph and args.device != "cuda":
-        parser.error("--graph needs --device cuda")
+    if (args.graph or args.host) and args.device != "cuda":
+        parser.error("--graph and --host need --device cuda")
+    if args.graph and args.host:
+        parser.error("--graph and --host time different things: choose one")
     dtype = getattr(torch, args.dtype)
     shapes = GPU_SHAPES if args.device == "cuda" else CPU_SHAPES
     backends = args.backends or (
@@ -171,6 +186,7 @@ def main() -> None:
         f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, dtype {args.dtype}, medians of {args.repeats}"
         + (", CUDA-graph replays" if args.graph else "")
+        + (", host time" if args.host else "")
     )
     # GPU calls take fractions of a millisecond: print milliseconds there
     unit, scale = ("ms", 1e3) if args.device == "cuda" else ("s", 1.0)
@@ -186,13 +202,13 @@ def main() -> None:
             row = {}
             for backward in (False, True):
                 repeats = 1 if backend == "loop" else args.repeats
-                case = (backend, shape, args.device, dtype, backward, repeats, args.graph)
+                case = (backend, shape, args.device, dtype, backward, repeats, args.graph, args.host)
                 row[backward] = run_case(*case) if args.device == "cuda" else _run_isolated(case)
             results[backend, shape] = row
             fwd, both = row[False], row[True]
-            bandwidth = traffic_bytes(shape, dtype) / fwd["seconds"] / 1e9
+            bandwidth = "" if args.host else f"{traffic_bytes(shape, dtype) / fwd['seconds'] / 1e9:.1f}"
             print(
-                f"{backend:8} {str(shape):22} {fwd['seconds'] * scale:10.4f} {bandwidth:9.1f} {both['seconds'] * scale:10.4f} "
+                f"{backend:8} {str(shape):22} {fwd['seconds'] * scale:10.4f} {bandwidth:>9} {both['seconds'] * scale:10.4f} "
                 f"{fwd['peak_bytes'] / 2**20:12.1f} {both['peak_bytes'] / 2**20:12.1f}",
                 flush=True,
             )
