@@ -328,8 +328,10 @@ def test_short_chunked_sequences_take_the_whole_sequence_forward(shape, whole_fo
 @pytest.mark.parametrize(
     "shape, whole, channels, warps, partials",
     [
-        ((8, 3072, 196, 16, 4), True, 2, 1, 384),  # Mamba-UNet's 14 x 14 stage: 12288 one-warp programs of 512 entries
-        ((8, 6144, 49, 16, 4), True, 8, 1, 192),  # its 7 x 7 stage
+        # Mamba-UNet's 14 x 14 stage: 384 one-warp blocks of 512 entries per group, 6 per program (their partial dB and
+        # dC would take 308 MB)
+        ((8, 3072, 196, 16, 4), True, 2, 1, 64),
+        ((8, 6144, 49, 16, 4), True, 8, 1, 192),  # its 7 x 7 stage: 39 MB of partials, one block per program
         ((2, 64, 200, 16, 1), True, 1, 4, 64),  # 64 programs would fill no wave: 128 of 256 entries, four warps each
         ((2048, 4, 64, 16, 1), True, 4, 1, 1),  # all channels in one program: dB and dC written in place
         ((2, 64, 225, 16, 1), False, None, None, None),
@@ -413,17 +415,23 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         dict(batch=1, dim=4, length=29, dstate=4, groups=None, dtype=torch.bfloat16),
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
         dict(batch=2, dim=4, length=40, dstate=4, groups=2, dtype=torch.float32),
+        # gradient programs taking several channel blocks: dB and dC added up in place, in fp32 and in the workspace
+        dict(batch=1, dim=16, length=100, dstate=4, groups=2, dtype=torch.float32),
+        dict(batch=2, dim=24, length=30, dstate=5, groups=None, dtype=torch.bfloat16),
     ]
     # chunked forward and backward, the whole-sequence forward with the chunked backward, whole-sequence programs
-    paths = ("chunked",) * 9 + ("whole forward",) * 4 + ("whole",) * 6
-    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 16, 8) + (65536,) * 10
+    paths = ("chunked",) * 9 + ("whole forward",) * 4 + ("whole",) * 8
+    threads = (65536, 65536, 8, 65536, 65536, 65536, 65536, 16, 8) + (65536,) * 12
     # gradient programs resident per multiprocessor; 0 makes a wave of one program, where every fold ties and the
     # largest is taken. A whole-sequence plan then takes 4 warps per program, else 1
-    programs = (8, 8, 8, 8, 8, 8, 0, 8, 8) + (8,) * 4 + (0, 8, 8, 8, 8, 8)
+    programs = (8, 8, 8, 8, 8, 8, 0, 8, 8) + (8,) * 4 + (0, 8, 8, 8, 8, 8, 8, 8)
     # plans of at most this many chunks fold the adjoint carry in the gradient kernel; 0 launches the carry kernel
-    inline_chunks = (16, 0, 16, 16, 0, 16, 16, 0, 16) + (16, 16, 0, 16) + (16,) * 6
+    inline_chunks = (16, 0, 16, 16, 0, 16, 16, 0, 16) + (16, 16, 0, 16) + (16,) * 8
     layouts = (None,) * 7 + ("sliced", "channel-major") + (None, "channel-major", "sliced", None)
-    layouts += (None,) * 4 + ("sliced", "channel-major")
+    layouts += (None,) * 4 + ("sliced", "channel-major", None, None)
+    # whole-sequence gradient programs fold channel blocks whatever the size of their partial dB and dC, as many
+    # blocks as divide the group (a wave of one program)
+    whole_folds = (False,) * 19 + (True, True)
     BATCHED = ("u", "delta", "z", "B", "C")
 
     def in_channel_major_order(v):
@@ -448,8 +456,8 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         return leaves, arguments
 
     folds, forward_states, inline_carries, single_chunks, whole_warps = [], [], [], [], []
-    for case, path, forward_threads, gradient_programs, inline, layout in zip(
-        cases, paths, threads, programs, inline_chunks, layouts
+    for case, path, forward_threads, gradient_programs, inline, layout, whole_fold in zip(
+        cases, paths, threads, programs, inline_chunks, layouts, whole_folds
     ):
         # the first case's forward shares each channel's 16 states between two threads (a short sequence: few chunks).
         # Few threads wanted: chunks of several checkpoint spans (the third case: 2 chunks of 4 spans). N = 64 gives
@@ -457,6 +465,8 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         # wave holds one program, one program taking both blocks and adding up their dB and dC in place
         scan_triton.FORWARD_THREADS, scan_triton.GRADIENT_PROGRAMS_PER_SM = forward_threads, gradient_programs
         scan_triton.INLINE_CARRY_CHUNKS = inline
+        scan_triton.WHOLE_BACKWARD_FOLD_BYTES = 0 if whole_fold else 2**26
+        scan_triton.WHOLE_BACKWARD_PROGRAMS_PER_SM = 0 if whole_fold else 16
         scan_triton.WHOLE_SEQUENCE_STEPS = 256 if path == "whole" else 0
         scan_triton.WHOLE_FORWARD_STEPS = 0 if path == "chunked" else 256
         scan_triton._PLANS.clear()  # plans are keyed by the operands alone: build this case's with these constants
@@ -487,6 +497,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         assert (plan.whole_forward is None) == (path == "chunked")
         if path == "whole":
             whole_warps.append(plan.whole_forward.options["num_warps"])
+            assert (plan.whole_backward.constants["FOLD"] > 1) == whole_fold
         else:
             folds.append(plan.gradient.constants["FOLD"])
             inline_carries.append(plan.inline_carry)
@@ -509,7 +520,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     assert inline_carries == [bool(chunks) for chunks in inline_chunks[:13]], inline_carries
     # one chunk (L = 1, L = 29, and the last case's 40 steps in a 64-step chunk): the output launch alone
     assert single_chunks == [False, False, False, True, False, True, False, False, True], single_chunks
-    assert whole_warps == [1, 4, 4, 4, 4, 4], whole_warps
+    assert whole_warps == [1, 4, 4, 4, 4, 4, 4, 4], whole_warps
     print("interpreter check passed")
     """)
 

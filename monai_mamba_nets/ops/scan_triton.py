@@ -114,6 +114,14 @@ WHOLE_SEQUENCE_STEPS = 224
 # 0.056 ms
 WHOLE_SEQUENCE_ENTRIES = 512
 WHOLE_SEQUENCE_MAX_WARPS = 4
+# whole-sequence gradient programs take several channel blocks one after another, adding their dB and dC up in
+# place, where the partial dB and dC of one block per program would exceed WHOLE_BACKWARD_FOLD_BYTES: the fold is
+# chosen by waves of WHOLE_BACKWARD_PROGRAMS_PER_SM programs per multiprocessor. On the H100, fwd+bwd at
+# (8, 3072, 196), G = 4 (308 MB of partials): 1.129 -> 1.024 ms (the sums kernel 0.231 -> 0.05 ms); (16, 768, 196)
+# (154 MB) 0.562 -> 0.547 ms; but (8, 6144, 49), G = 4 (39 MB) 0.466 -> 0.488 ms. Waves of 8 or 32 programs per
+# multiprocessor were slower at (8, 3072, 196): 1.085 and 1.047 ms
+WHOLE_BACKWARD_FOLD_BYTES = 2**26
+WHOLE_BACKWARD_PROGRAMS_PER_SM = 16
 # chunked sequences still take the whole-sequence forward (one launch instead of three; it also leaves every chunk's
 # entry state and sum of dt for the chunked backward) where they are at most WHOLE_FORWARD_STEPS long, have at most
 # WHOLE_FORWARD_STATES states (its programs walk the states one after another) and rows x steps (padded to a power of
@@ -599,11 +607,14 @@ def _block_gradients(
 
 
 @triton.jit
-def _whole_sequence_program(dim, row_stride, group_size, groups, blocks, LP: tl.constexpr, BD: tl.constexpr):
+def _whole_sequence_program(
+    dim, row_stride, group_size, groups, blocks, part, LP: tl.constexpr, BD: tl.constexpr, FOLD: tl.constexpr
+):  # fmt: skip
     """Where a whole-sequence program works: batch and group, rows and sequence offsets as (1, BD) tiles, channel
-    index and mask, and the steps of the sequence as (LP, 1)."""
+    index and mask, and the steps of the sequence as (LP, 1). A program takes FOLD of the group's ``blocks`` channel
+    blocks, one after another; ``part`` is the one it is at."""
     program = tl.program_id(0)
-    batch_group, block = program // blocks, program % blocks
+    batch_group, block = program // (blocks // FOLD), program % (blocks // FOLD) * FOLD + part
     batch, group = batch_group // groups, batch_group % groups
     lane = block * BD + tl.arange(0, BD)[None, :]
     channel = group * group_size + lane
@@ -655,7 +666,7 @@ def _whole_forward_kernel(
     go to ``dtsum`` and ``entry``, as the chunked forward leaves them. With PRE_GATE (for the whole-sequence
     backward, where there is z), y before the gate goes to ``pre_gate``."""
     batch, group, row, seq, channel, channel_ok, t = _whole_sequence_program(
-        dim, row_stride, group_size, groups, blocks, LP, BD
+        dim, row_stride, group_size, groups, blocks, 0, LP, BD, 1
     )
     u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
         u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, B_row, C_batch, C_row, dstate
@@ -690,60 +701,73 @@ def _whole_backward_kernel(
     dim, length, dstate, group_size, groups, blocks, u_batch, delta_batch, z_batch, row_stride, out_batch,
     B_batch, B_row, C_batch, C_row,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    LP: tl.constexpr, BD: tl.constexpr,
+    LP: tl.constexpr, BD: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
-    """All gradients of BD channels over their whole sequence, one state at a time, with the adjoint
-    g_t = dy_t C_t + a_{t+1} g_{t+1} as a reverse scan across the threads. With z, the gate's gradient takes y
-    before the gate from ``pre_gate``, which the forward wrote. dA is written per row, dB and dC summed over the
-    program's channels, as the chunked gradient kernel writes them for one chunk."""
-    batch, group, row, seq, channel, channel_ok, t = _whole_sequence_program(
-        dim, row_stride, group_size, groups, blocks, LP, BD
-    )
+    """All gradients of FOLD blocks of BD channels over their whole sequence, one block after another.
+
+    Per block, one state at a time, with the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1} as a reverse scan across the
+    threads. With z, the gate's gradient takes y before the gate from ``pre_gate``, which the forward wrote. dA is
+    written per row; dB and dC are summed over the channels of the program's blocks in place, as the chunked
+    gradient kernel writes them for one chunk."""
+    program = tl.program_id(0)
+    batch_group = program // (blocks // FOLD)
+    batch, group = batch_group // groups, batch_group % groups
     u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
         u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, B_row, C_batch, C_row, dstate
     )
     dout_ptr, du_ptr = _at_batch(dout_ptr, batch, out_batch), _at_batch(du_ptr, batch, out_batch)
-    valid = channel_ok & (t < length)
-    u = _sequence(u_ptr, seq, t, valid)
-    bias = _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
-    x, dt = _time_step(delta_ptr, bias, seq, t, valid, SOFTPLUS)
-    # dt one step later, for a_{t+1}; 0 after the last step, where the adjoint is 0 anyway
-    _, dt_next = _time_step(delta_ptr, bias, seq, t + 1, channel_ok & (t + 1 < length), SOFTPLUS)
-    dtu = dt * u
-    D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
-    dy = _sequence(dout_ptr, seq, t, valid)
-    if HAS_Z:
-        y = _sequence(_at_batch(pre_gate_ptr, batch, out_batch), seq, t, valid)
-        z = _sequence(_at_batch(z_ptr, batch, z_batch), seq, t, valid)
-        dy, dz = _gate_gradient(dy, z, y)
-        tl.store(_at_batch(dz_ptr, batch, out_batch) + seq + t, dz.to(dz_ptr.dtype.element_ty), mask=valid)
-    du = D * dy
-    ddt = tl.zeros_like(dt)
-    matrix = tl.program_id(0).to(tl.int64) * dstate * length + t
-    for n in range(dstate):
-        A = _channel_tile(A_ptr, channel, channel_ok, n, n < dstate, dstate)
-        B = _state_row(B_ptr, n, t, length, B_row)
-        b = dtu * B
-        _, h = _scan(_decay(dt, A), b)
-        _, g = tl.associative_scan(
-            (_decay(dt_next, A), dy * _state_row(C_ptr, n, t, length, C_row)), 0, _combine, reverse=True
+    for part in range(FOLD):
+        _, _, row, seq, channel, channel_ok, t = _whole_sequence_program(
+            dim, row_stride, group_size, groups, blocks, part, LP, BD, FOLD
         )
-        g_decay = g * (h - b)  # g_t a_t h_{t-1}
-        gB = g * B
-        ddt += g_decay * A + gB * u
-        du += dt * gB
-        tl.store(dA_ptr + row.to(tl.int64) * dstate + n, tl.sum(g_decay * dt, 0, keep_dims=True), mask=channel_ok)
-        tl.store(dB_ptr + matrix + n * length, tl.sum(g * dtu, 1, keep_dims=True), mask=t < length)
-        tl.store(dC_ptr + matrix + n * length, tl.sum(dy * h, 1, keep_dims=True), mask=t < length)
-    if SOFTPLUS:
-        ddt *= tl.sigmoid(x)
-    ddt = tl.where(valid, ddt, 0.0)
-    tl.store(du_ptr + seq + t, du.to(du_ptr.dtype.element_ty), mask=valid)
-    tl.store(_at_batch(ddelta_ptr, batch, out_batch) + seq + t, ddt.to(ddelta_ptr.dtype.element_ty), mask=valid)
-    if HAS_D:
-        tl.store(dD_ptr + row, tl.sum(dy * u, 0, keep_dims=True), mask=channel_ok)
-    if HAS_BIAS:
-        tl.store(dbias_ptr + row, tl.sum(ddt, 0, keep_dims=True), mask=channel_ok)
+        valid = channel_ok & (t < length)
+        u = _sequence(u_ptr, seq, t, valid)
+        bias = _per_channel(bias_ptr, channel, channel_ok, HAS_BIAS)
+        x, dt = _time_step(delta_ptr, bias, seq, t, valid, SOFTPLUS)
+        # dt one step later, for a_{t+1}; 0 after the last step, where the adjoint is 0 anyway
+        _, dt_next = _time_step(delta_ptr, bias, seq, t + 1, channel_ok & (t + 1 < length), SOFTPLUS)
+        dtu = dt * u
+        D = _per_channel(D_ptr, channel, channel_ok, HAS_D)
+        dy = _sequence(dout_ptr, seq, t, valid)
+        if HAS_Z:
+            y = _sequence(_at_batch(pre_gate_ptr, batch, out_batch), seq, t, valid)
+            z = _sequence(_at_batch(z_ptr, batch, z_batch), seq, t, valid)
+            dy, dz = _gate_gradient(dy, z, y)
+            tl.store(_at_batch(dz_ptr, batch, out_batch) + seq + t, dz.to(dz_ptr.dtype.element_ty), mask=valid)
+        du = D * dy
+        ddt = tl.zeros_like(dt)
+        matrix = program.to(tl.int64) * dstate * length + t
+        # the first block writes the program's dB and dC rows, the others add to them
+        steps, added = t < length, (t < length) & (part > 0)
+        for n in range(dstate):
+            # the earlier blocks' sums, loaded first so that their latency overlaps the scans
+            dB, dC = dB_ptr + matrix + n * length, dC_ptr + matrix + n * length
+            dB_before, dC_before = tl.load(dB, mask=added, other=0.0), tl.load(dC, mask=added, other=0.0)
+            A = _channel_tile(A_ptr, channel, channel_ok, n, n < dstate, dstate)
+            B = _state_row(B_ptr, n, t, length, B_row)
+            b = dtu * B
+            _, h = _scan(_decay(dt, A), b)
+            _, g = tl.associative_scan(
+                (_decay(dt_next, A), dy * _state_row(C_ptr, n, t, length, C_row)), 0, _combine, reverse=True
+            )
+            g_decay = g * (h - b)  # g_t a_t h_{t-1}
+            gB = g * B
+            ddt += g_decay * A + gB * u
+            du += dt * gB
+            tl.store(dA_ptr + row.to(tl.int64) * dstate + n, tl.sum(g_decay * dt, 0, keep_dims=True), mask=channel_ok)
+            tl.store(dB, dB_before + tl.sum(g * dtu, 1, keep_dims=True), mask=steps)
+            tl.store(dC, dC_before + tl.sum(dy * h, 1, keep_dims=True), mask=steps)
+        if SOFTPLUS:
+            ddt *= tl.sigmoid(x)
+        ddt = tl.where(valid, ddt, 0.0)
+        tl.store(du_ptr + seq + t, du.to(du_ptr.dtype.element_ty), mask=valid)
+        tl.store(_at_batch(ddelta_ptr, batch, out_batch) + seq + t, ddt.to(ddelta_ptr.dtype.element_ty), mask=valid)
+        if HAS_D:
+            tl.store(dD_ptr + row, tl.sum(dy * u, 0, keep_dims=True), mask=channel_ok)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + row, tl.sum(ddt, 0, keep_dims=True), mask=channel_ok)
+        # the next block reads the dB and dC rows this one wrote, maybe from other threads
+        tl.debug_barrier()
 
 
 @triton.jit
@@ -895,21 +919,24 @@ def _fold(blocks: int, programs: int, wave: int) -> int:
     return min(folds, key=lambda fold: (triton.cdiv(programs // fold, wave) * fold, -fold))
 
 
-def _wave(device: int | None) -> int:
-    """Programs resident at once on the device, GRADIENT_PROGRAMS_PER_SM per multiprocessor (DEFAULT_MULTIPROCESSORS
-    for a plan built without a GPU); at least 1."""
+def _wave(device: int | None, per_multiprocessor: int | None = None) -> int:
+    """Programs resident at once on the device, ``per_multiprocessor`` (GRADIENT_PROGRAMS_PER_SM by default) per
+    multiprocessor (DEFAULT_MULTIPROCESSORS for a plan built without a GPU); at least 1."""
     multiprocessors = (
         DEFAULT_MULTIPROCESSORS if device is None else torch.cuda.get_device_properties(device).multi_processor_count
     )
-    return max(1, GRADIENT_PROGRAMS_PER_SM * multiprocessors)
+    per_multiprocessor = GRADIENT_PROGRAMS_PER_SM if per_multiprocessor is None else per_multiprocessor
+    return max(1, per_multiprocessor * multiprocessors)
 
 
 def _whole_sequence_launcher(
-    kernel, batch, dim, length, dstate, groups, device, strides, flags, chunks=None, **constants
+    kernel, batch, dim, length, dstate, groups, device, strides, flags, chunks=None, fold=False, **constants
 ):  # fmt: skip
     """A launcher of whole-sequence programs over (batch, group, channel block), ``chunks`` (where given) among its
     sizes. A program's tiles hold WHOLE_SEQUENCE_ENTRIES (step, channel) entries, fewer where its programs would
-    not fill a wave; its warps are as many as it takes to fill one, up to WHOLE_SEQUENCE_MAX_WARPS."""
+    not fill a wave; its warps are as many as it takes to fill one, up to WHOLE_SEQUENCE_MAX_WARPS. With ``fold``
+    (the backward), a program takes several channel blocks one after another where their partial dB and dC would be
+    large (WHOLE_BACKWARD_FOLD_BYTES); FOLD is then chosen by whole waves, as for the chunked gradient programs."""
     group_size = dim // groups
     steps = triton.next_power_of_2(length)
     channels = max(1, min(triton.next_power_of_2(group_size), WHOLE_SEQUENCE_ENTRIES // steps))
@@ -921,9 +948,12 @@ def _whole_sequence_launcher(
     warps = min(WHOLE_SEQUENCE_MAX_WARPS, triton.next_power_of_2(triton.cdiv(wave, programs)))
     counts = (blocks,) if chunks is None else (blocks, chunks)
     sizes = (dim, length, dstate, group_size, groups, *counts, *strides)
-    return _Launcher(
-        kernel, (programs,), device, dict(num_warps=warps), sizes, **flags, LP=steps, BD=channels, **constants
-    )
+    if fold:
+        partial_bytes = 2 * programs * dstate * length * 4  # dB and dC, fp32, one block per program
+        fold_wave = _wave(device, WHOLE_BACKWARD_PROGRAMS_PER_SM)
+        constants["FOLD"] = _fold(blocks, programs, fold_wave) if partial_bytes > WHOLE_BACKWARD_FOLD_BYTES else 1
+    grid = (programs // constants.get("FOLD", 1),)
+    return _Launcher(kernel, grid, device, dict(num_warps=warps), sizes, **flags, LP=steps, BD=channels, **constants)
 
 
 def _takes_whole_forward(rows: int, length: int, dstate: int) -> bool:
@@ -1036,7 +1066,7 @@ class _Plan:
             for pre_gate in (flags["HAS_Z"], False)
         )
         self.whole_backward = _whole_sequence_launcher(
-            _whole_backward_kernel, batch, dim, length, dstate, groups, device, strides, flags
+            _whole_backward_kernel, batch, dim, length, dstate, groups, device, strides, flags, fold=True
         )
         return 1, self.whole_backward.grid[0] // (batch * groups), (0, 0, 0), (0, 0, 0, 0)
 
