@@ -182,6 +182,14 @@ def _softplus(x):
 
 
 @triton.jit
+def _batch_and_group(groups, blocks, FOLD: tl.constexpr):
+    """The program's batch index and group: each (batch, group) has blocks / FOLD programs, which take FOLD of its
+    ``blocks`` channel blocks each."""
+    batch_group = tl.program_id(0) // (blocks // FOLD)
+    return batch_group // groups, batch_group % groups
+
+
+@triton.jit
 def _program(
     dim, row_stride, dstate, group_size, groups, blocks, part,
     STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr, FOLD: tl.constexpr,
@@ -190,9 +198,8 @@ def _program(
     within a batch entry (channel * row_stride) as (1, NL, BD, 1) tiles, channel index and mask as (1, 1, BD, 1), state indices and mask
     as (1, NL, 1, NP) tiles, its chunk, and the step offsets of a sub-tile as (STEPS, 1, 1, 1). A program takes
     FOLD of the group's ``blocks`` channel blocks, one after another; ``part`` is the one it is at."""
-    program = tl.program_id(0)
-    batch_group, block = program // (blocks // FOLD), program % (blocks // FOLD) * FOLD + part
-    batch, group = batch_group // groups, batch_group % groups
+    batch, group = _batch_and_group(groups, blocks, FOLD)
+    block = tl.program_id(0) % (blocks // FOLD) * FOLD + part
     lane = block * BD + tl.arange(0, BD)[None, None, :, None]
     channel_ok = lane < group_size
     channel = group * group_size + lane
@@ -613,9 +620,8 @@ def _whole_sequence_program(
     """Where a whole-sequence program works: batch and group, rows and sequence offsets as (1, BD) tiles, channel
     index and mask, and the steps of the sequence as (LP, 1). A program takes FOLD of the group's ``blocks`` channel
     blocks, one after another; ``part`` is the one it is at."""
-    program = tl.program_id(0)
-    batch_group, block = program // (blocks // FOLD), program % (blocks // FOLD) * FOLD + part
-    batch, group = batch_group // groups, batch_group % groups
+    batch, group = _batch_and_group(groups, blocks, FOLD)
+    block = tl.program_id(0) % (blocks // FOLD) * FOLD + part
     lane = block * BD + tl.arange(0, BD)[None, :]
     channel = group * group_size + lane
     seq = channel.to(tl.int64) * row_stride
@@ -709,9 +715,7 @@ def _whole_backward_kernel(
     threads. With z, the gate's gradient takes y before the gate from ``pre_gate``, which the forward wrote. dA is
     written per row; dB and dC are summed over the channels of the program's blocks in place, as the chunked
     gradient kernel writes them for one chunk."""
-    program = tl.program_id(0)
-    batch_group = program // (blocks // FOLD)
-    batch, group = batch_group // groups, batch_group % groups
+    batch, group = _batch_and_group(groups, blocks, FOLD)
     u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
         u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, B_row, C_batch, C_row, dstate
     )
@@ -736,7 +740,7 @@ def _whole_backward_kernel(
             tl.store(_at_batch(dz_ptr, batch, out_batch) + seq + t, dz.to(dz_ptr.dtype.element_ty), mask=valid)
         du = D * dy
         ddt = tl.zeros_like(dt)
-        matrix = program.to(tl.int64) * dstate * length + t
+        matrix = tl.program_id(0).to(tl.int64) * dstate * length + t
         # the first block writes the program's dB and dC rows, the others add to them
         steps, added = t < length, (t < length) & (part > 0)
         for n in range(dstate):
