@@ -125,6 +125,50 @@ def test_inference_runs_without_autograd(length):
 
 
 @gpu
+@pytest.mark.parametrize("length", [2000, 196])  # chunked, whole-sequence
+def test_mixer_runs_in_a_cuda_graph(length):
+    """The Mamba mixer on the Triton kernels (scan and convolution), forward and backward captured in a CUDA graph and
+    replayed on new input, gives what an eager call gives: every launch goes to the capturing stream and nothing
+    synchronises (torch.compile's "reduce-overhead" mode and whole-network captures rely on it)."""
+    from unittest import mock
+
+    from monai_mamba_nets import Mamba
+    from monai_mamba_nets.layers import mamba as mamba_layer
+
+    torch.manual_seed(0)
+    mixer = Mamba(32, scan_backend="triton").cuda()
+    static_x = torch.randn(2, length, 32, device="cuda", requires_grad=True)
+    weight = mixer.in_proj.weight
+
+    def step():
+        loss = mixer(static_x).square().mean()
+        loss.backward()
+        return loss
+
+    with mock.patch.object(mamba_layer, "_causal_conv1d_kernel", lambda: None):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        static_x.grad, weight.grad = None, None  # allocated by the capture, in the graph's memory
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_loss = step()
+        x = torch.randn(2, length, 32, device="cuda")
+        with torch.no_grad():
+            static_x.copy_(x)
+        graph.replay()
+        replayed = (static_loss.clone(), static_x.grad.clone(), weight.grad.clone())
+        x.requires_grad_()
+        loss = mixer(x).square().mean()
+        eager = (loss, *torch.autograd.grad(loss, (x, weight)))
+    for name, ours, expected in zip(("loss", "x grad", "in_proj grad"), replayed, eager):
+        assert relative_error(ours, expected) <= 1e-5, name
+
+
+@gpu
 @pytest.mark.slow
 def test_very_long_sequence():
     """L = 2^21 (a 128^3 volume): thousands of chunks carried through the carry pass."""
@@ -169,15 +213,14 @@ def test_matches_mamba_ssm(length, groups, dtype):
 
 @gpu
 def test_auto_order_and_forcing_explains_why_not():
-    """auto: mamba-ssm's kernel where installed for short sequences, else triton."""
+    """auto: the Triton kernels wherever they apply, else mamba-ssm's kernel where installed, else torch."""
     assert "triton" in available_backends()
-    ops = scan_operands(1, 4, 10, 4, device="cuda")
-    expected = "cuda" if "cuda" in available_backends() else "triton"
-    assert resolve_backend("auto", ops["u"], ops["A"], ops["B"], ops["C"]) == expected
-    long = scan_operands(1, 2, 32768, 4, device="cuda")
-    assert resolve_backend("auto", long["u"], long["A"], long["B"], long["C"]) == "triton"
+    for length in (10, 32768):
+        ops = scan_operands(1, 2, length, 4, device="cuda")
+        assert resolve_backend("auto", ops["u"], ops["A"], ops["B"], ops["C"]) == "triton"
     invariant = scan_operands(1, 4, 10, 4, time_invariant_B=True, device="cuda")
-    assert resolve_backend("auto", invariant["u"], invariant["A"], invariant["B"], invariant["C"]) != "triton"
+    expected = "cuda" if "cuda" in available_backends() else "torch"
+    assert resolve_backend("auto", invariant["u"], invariant["A"], invariant["B"], invariant["C"]) == expected
     with pytest.raises(RuntimeError, match="backend 'triton' cannot run here: .*time-varying B and C"):
         selective_scan(**invariant, backend="triton")
 

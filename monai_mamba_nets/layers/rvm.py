@@ -29,7 +29,7 @@ class ResidualVisionMamba(nn.Module):
         d_state: Mamba state size.
         d_conv: Mamba causal convolution width.
         expand: Mamba inner expansion factor.
-        scan_backend: selective-scan backend of the Mamba (``"auto"``, ``"torch"`` or ``"cuda"``).
+        scan_backend: selective-scan backend of the Mamba (``"auto"``, ``"torch"``, ``"cuda"`` or ``"triton"``).
     """
 
     def __init__(

@@ -115,7 +115,7 @@ class LightMUNet(nn.Module):
         d_state: Mamba state size.
         d_conv: Mamba causal convolution width.
         expand: Mamba inner expansion factor.
-        scan_backend: selective-scan backend (``"auto"``, ``"torch"`` or ``"cuda"``).
+        scan_backend: selective-scan backend (``"auto"``, ``"torch"``, ``"cuda"`` or ``"triton"``).
     """
 
     #: How the LightM-UNet authors' thop saw this network (read by :mod:`monai_mamba_nets.complexity`):

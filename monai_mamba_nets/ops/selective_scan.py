@@ -24,10 +24,9 @@ __all__ = ["selective_scan", "available_backends", "resolve_backend", "BACKEND_E
 BACKEND_ENV = "MONAI_MAMBA_SCAN_BACKEND"
 BACKENDS = ("auto", "torch", "cuda", "triton")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# From this sequence length on, `auto` takes the Triton kernels even where mamba-ssm's is installed: their
-# forward+backward is faster there on the H100, while shorter sequences are bound by Python's launch overhead,
-# which mamba-ssm's C++ host code does not pay (docs/performance.md).
-TRITON_FIRST_LENGTH = 32768
+# the order in which `auto` tries the GPU backends: on the H100, the three networks train and infer faster in GPU
+# time with the Triton kernels than with mamba-ssm's (docs/performance.md, "Whole networks")
+AUTO_ORDER = ("triton", "cuda")
 # the widest state the triton kernels are tested at (a thread keeps up to 16 states of a channel in registers)
 _TRITON_MAX_DSTATE = 64
 
@@ -163,8 +162,7 @@ def available_backends() -> list[str]:
 
 def resolve_backend(backend: str, u, A, B, C, D=None, z=None, delta_bias=None) -> str:
     """The concrete backend a call runs on. ``auto`` defers to $MONAI_MAMBA_SCAN_BACKEND when it is set, and
-    otherwise takes the first of cuda, triton, torch that can run the tensors, with triton before cuda from
-    ``TRITON_FIRST_LENGTH`` steps on."""
+    otherwise takes the first of triton, cuda, torch that can run the tensors."""
     if backend == "auto":
         backend = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
         if backend not in BACKENDS:
@@ -172,8 +170,7 @@ def resolve_backend(backend: str, u, A, B, C, D=None, z=None, delta_bias=None) -
     elif backend not in BACKENDS:
         raise ValueError(f"selective_scan: `backend` must be one of {BACKENDS}, got {backend!r}.")
     if backend == "auto":
-        preference = ("triton", "cuda") if u.shape[-1] >= TRITON_FIRST_LENGTH else ("cuda", "triton")
-        for name in preference:
+        for name in AUTO_ORDER:
             if _applicability(name, u, A, B, C, D, z, delta_bias) is None:
                 return name
         return "torch"
@@ -212,9 +209,8 @@ def selective_scan(
         delta_bias: (dim,), added to ``delta`` before softplus.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state (batch, dim, N) in the compute dtype (no gradient).
-        backend: ``"auto"`` (default: mamba-ssm's kernel where it is importable and applicable, else the Triton
-            kernels on CUDA where Triton imports and the inputs suit them, else torch; the Triton kernels before
-            mamba-ssm's from ``TRITON_FIRST_LENGTH`` = 32768 steps on;
+        backend: ``"auto"`` (default: the Triton kernels on CUDA where Triton imports and the inputs suit them,
+            else mamba-ssm's kernel where it is importable and applicable, else torch;
             $MONAI_MAMBA_SCAN_BACKEND overrides the choice), ``"torch"``, ``"cuda"`` or ``"triton"``.
 
     Returns:
