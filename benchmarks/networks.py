@@ -19,7 +19,8 @@ import statistics
 
 import torch
 
-from mixer import median_ms  # the sibling script's: benchmarks/ is on sys.path when this one runs
+from mixer import median_ms  # the sibling scripts': benchmarks/ is on sys.path when this one runs
+from scan import captured, replay_seconds
 
 from monai_mamba_nets.nets import LightMUNet, MambaUNet
 from monai_mamba_nets.ops import BACKEND_ENV, available_backends
@@ -29,29 +30,6 @@ CASES = [
     ("LightMUNet 2D", lambda: LightMUNet(2, 1, 2), (8, 1, 512, 512)),
     ("MambaUNet 2D", lambda: MambaUNet(2, 1, 4), (8, 1, 224, 224)),
 ]
-
-
-def captured(fn) -> torch.cuda.CUDAGraph:
-    """``fn`` captured in a CUDA graph after two calls on a side stream."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
-
-
-def replay_ms(graph: torch.cuda.CUDAGraph) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
 
 
 def graph_rows(net, x, backends, rounds: int, replays: int = 5) -> dict[str, tuple[float, float]]:
@@ -73,7 +51,7 @@ def graph_rows(net, x, backends, rounds: int, replays: int = 5) -> dict[str, tup
             os.environ[BACKEND_ENV] = backend
             for fn, column in zip((train, infer), times[backend]):
                 graph = captured(fn)
-                column.extend(replay_ms(graph) for _ in range(replays))
+                column.extend(1e3 * replay_seconds(graph) for _ in range(replays))
                 del graph
     return {backend: tuple(statistics.median(column) for column in columns) for backend, columns in times.items()}
 

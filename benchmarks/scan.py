@@ -128,8 +128,8 @@ def _gpu_seconds(backend, tensors, backward) -> float:
     return start.elapsed_time(end) / 1e3
 
 
-def graph_seconds(fn, repeats: int) -> list[float]:
-    """GPU times of ``repeats`` replays of ``fn()`` captured once in a CUDA graph."""
+def captured(fn) -> torch.cuda.CUDAGraph:
+    """``fn()`` captured in a CUDA graph, after two calls on a side stream."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # capture needs its warm-up off the default stream
@@ -139,15 +139,23 @@ def graph_seconds(fn, repeats: int) -> list[float]:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return times
+    return graph
+
+
+def replay_seconds(graph: torch.cuda.CUDAGraph) -> float:
+    """GPU time of one replay of ``graph``."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def graph_seconds(fn, repeats: int) -> list[float]:
+    """GPU times of ``repeats`` replays of ``fn()`` captured once in a CUDA graph."""
+    graph = captured(fn)
+    return [replay_seconds(graph) for _ in range(repeats)]
 
 
 def _run_isolated(args) -> dict:
