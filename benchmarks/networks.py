@@ -32,19 +32,11 @@ CASES = [
 ]
 
 
-def graph_rows(net, x, backends, rounds: int, replays: int = 5) -> dict[str, tuple[float, float]]:
+def graph_rows(train, infer, backends, rounds: int, replays: int = 5) -> dict[str, tuple[float, float]]:
     """{backend: (train step ms, inference ms)}: medians of ``replays`` replays in each of ``rounds`` rounds, a round
     capturing and replaying every backend's graphs in turn. One graph is held at a time: a training graph of
     LightM-UNet 3D holds its activations in its own memory pool, and three of them do not fit in 80 GB. The training
     graphs accumulate into the parameters' gradients, which stay allocated."""
-
-    def train():
-        net(x).square().mean().backward()
-
-    def infer():
-        with torch.no_grad():
-            net(x)
-
     times = {backend: ([], []) for backend in backends}
     for _ in range(rounds):
         for backend in backends:
@@ -56,22 +48,19 @@ def graph_rows(net, x, backends, rounds: int, replays: int = 5) -> dict[str, tup
     return {backend: tuple(statistics.median(column) for column in columns) for backend, columns in times.items()}
 
 
-def call_rows(net, x, backends) -> dict[str, tuple[float, float]]:
-    """{backend: (train step ms, inference ms)}: medians of 7 calls each, the host included."""
+def call_rows(train, infer, net, backends) -> dict[str, tuple[float, float]]:
+    """{backend: (train step ms, inference ms)}: medians of 7 calls each, the host included; every training step
+    starts without gradients, as in a training loop."""
 
-    def train():
-        net(x).square().mean().backward()
+    def fresh_train():
+        train()
         for p in net.parameters():
             p.grad = None
-
-    def infer():
-        with torch.no_grad():
-            net(x)
 
     rows = {}
     for backend in backends:
         os.environ[BACKEND_ENV] = backend
-        rows[backend] = median_ms(train, 7, warmup=2), median_ms(infer, 7, warmup=2)
+        rows[backend] = median_ms(fresh_train, 7, warmup=2), median_ms(infer, 7, warmup=2)
     return rows
 
 
@@ -92,7 +81,15 @@ def main() -> None:
         torch.manual_seed(0)
         net = make().cuda()
         x = torch.randn(shape, device="cuda")
-        rows = graph_rows(net, x, backends, args.rounds) if args.graph else call_rows(net, x, backends)
+
+        def train():
+            net(x).square().mean().backward()
+
+        def infer():
+            with torch.no_grad():
+                net(x)
+
+        rows = graph_rows(train, infer, backends, args.rounds) if args.graph else call_rows(train, infer, net, backends)
         for backend, (train_ms, infer_ms) in rows.items():
             print(f"{name:14} {str(shape):22} {backend:7} {train_ms:14.2f} {infer_ms:13.2f}", flush=True)
         del net, x, rows
