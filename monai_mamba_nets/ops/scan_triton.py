@@ -204,6 +204,13 @@ def _batch_and_group(groups, blocks, FOLD: tl.constexpr):
 
 
 @triton.jit
+def _channel_block(blocks, part, FOLD: tl.constexpr):
+    """The channel block the program is at: the programs of a (batch, group) take FOLD consecutive blocks each, and
+    ``part`` counts the program's blocks."""
+    return tl.program_id(0) % (blocks // FOLD) * FOLD + part
+
+
+@triton.jit
 def _program(
     dim, row_stride, dstate, group_size, groups, blocks, part,
     STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr, FOLD: tl.constexpr,
@@ -213,8 +220,7 @@ def _program(
     as (1, NL, 1, NP) tiles, its chunk, and the step offsets of a sub-tile as (STEPS, 1, 1, 1). A program takes
     FOLD of the group's ``blocks`` channel blocks, one after another; ``part`` is the one it is at."""
     batch, group = _batch_and_group(groups, blocks, FOLD)
-    block = tl.program_id(0) % (blocks // FOLD) * FOLD + part
-    lane = block * BD + tl.arange(0, BD)[None, None, :, None]
+    lane = _channel_block(blocks, part, FOLD) * BD + tl.arange(0, BD)[None, None, :, None]
     channel_ok = lane < group_size
     channel = group * group_size + lane
     # rows as (1, NL, BD, 1): each thread loads its own copy of its channel's steps, so that per-channel tiles share
@@ -635,8 +641,7 @@ def _whole_sequence_program(
     index and mask, and the steps of the sequence as (LP, 1). A program takes FOLD of the group's ``blocks`` channel
     blocks, one after another; ``part`` is the one it is at."""
     batch, group = _batch_and_group(groups, blocks, FOLD)
-    block = tl.program_id(0) % (blocks // FOLD) * FOLD + part
-    lane = block * BD + tl.arange(0, BD)[None, :]
+    lane = _channel_block(blocks, part, FOLD) * BD + tl.arange(0, BD)[None, :]
     channel = group * group_size + lane
     seq = channel.to(tl.int64) * row_stride
     return batch, group, batch * dim + channel, seq, channel, lane < group_size, tl.arange(0, LP)[:, None]
