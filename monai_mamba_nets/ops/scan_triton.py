@@ -216,9 +216,9 @@ def _program(
     STEPS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, NL: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """Where the program works: its batch index and group, rows (batch * dim + channel) and sequence offsets
-    within a batch entry (channel * row_stride) as (1, NL, BD, 1) tiles, channel index and mask as (1, 1, BD, 1), state indices and mask
-    as (1, NL, 1, NP) tiles, its chunk, and the step offsets of a sub-tile as (STEPS, 1, 1, 1). A program takes
-    FOLD of the group's ``blocks`` channel blocks, one after another; ``part`` is the one it is at."""
+    within a batch entry (channel * row_stride) as (1, NL, BD, 1) tiles, channel index and mask as (1, 1, BD, 1),
+    state indices and mask as (1, NL, 1, NP) tiles, its chunk, and the step offsets of a sub-tile as (STEPS, 1, 1, 1).
+    A program takes FOLD of the group's ``blocks`` channel blocks, one after another; ``part`` is the one it is at."""
     batch, group = _batch_and_group(groups, blocks, FOLD)
     lane = _channel_block(blocks, part, FOLD) * BD + tl.arange(0, BD)[None, None, :, None]
     channel_ok = lane < group_size
@@ -278,9 +278,10 @@ def _discretisation(A_ptr, bias_ptr, channel, channel_ok, n, n_ok, dstate, HAS_B
 
 @triton.jit
 def _matrix(ptr, t, n, n_ok, row_stride, length, channel_ok):
-    """(STEPS, NL, BD, NP) tile of a (.., N, L) matrix B or C with rows ``row_stride`` apart, zero outside. Every thread loads the values it uses
-    (threads of one state read the same addresses): loaded as (STEPS, NL, 1, NP), Triton would pick a layout
-    spread over the steps and move the whole (steps, states, channels) tile to it through shared memory."""
+    """(STEPS, NL, BD, NP) tile of a (.., N, L) matrix B or C with rows ``row_stride`` apart, zero outside. Every
+    thread loads the values it uses (threads of one state read the same addresses): loaded as (STEPS, NL, 1, NP),
+    Triton would pick a layout spread over the steps and move the whole (steps, states, channels) tile to it through
+    shared memory."""
     mask = n_ok & (t < length) & channel_ok
     return tl.load(ptr + n * row_stride + t, mask=mask, other=0.0).to(tl.float32)
 
