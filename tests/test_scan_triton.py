@@ -185,6 +185,47 @@ def test_gradients_are_deterministic(length):
         assert torch.equal(first[name], second[name]), name
 
 
+def _channel_major(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (batch, dim, L) laid out in (dim, batch, L) order, as the Mamba mixer's projections give it."""
+    return x.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+@gpu
+@pytest.mark.parametrize(
+    "batch, dim, length, dstate, groups, dtype, layout",
+    [
+        (2, 64, 4096, 16, None, torch.float32, "contiguous"),
+        (2, 32, 3000, 16, 2, torch.float32, "channel-major"),  # ragged L, grouped, the mixer's layout
+        (1, 8, 1500, 64, None, torch.float32, "contiguous"),  # N = 64: a channel's states over 4 threads
+        (2, 48, 2048, 5, 3, torch.bfloat16, "contiguous"),  # N = 5 padded to 8, bf16 rows copied 16 bytes at a time
+        (2, 20000, 240, 32, None, torch.float32, "contiguous"),  # one chunk: the output launch alone
+    ],
+)
+def test_gluon_walks_match_the_triton_walks(batch, dim, length, dstate, groups, dtype, layout, monkeypatch):
+    """The chunked forward on the Gluon walks against the same plan on the Triton walks: outputs, last states and
+    every gradient (the backward starts from the chunk entry states and sums of dt the forward leaves)."""
+    from monai_mamba_nets.ops import scan_triton
+
+    ops = scan_operands(batch, dim, length, dstate, groups=groups, dtype=dtype, device="cuda", seed=12)
+    if layout == "channel-major":
+        ops.update({k: _channel_major(ops[k]) for k in ("u", "delta", "z")})
+    grad_out = torch.randn(batch, dim, length, device="cuda", generator=torch.Generator("cuda").manual_seed(13))
+    results = {}
+    for gluon in (True, False):
+        monkeypatch.setattr(scan_triton, "_PLANS", {})
+        if not gluon:
+            monkeypatch.setattr(scan_triton, "_gluon_walks", lambda *args: False)
+        results[gluon] = _run("triton", ops, grad_out, delta_softplus=True, return_last_state=True)
+        (plan,) = scan_triton._PLANS.values()
+        assert plan.gluon_walks == gluon
+    ((out, last), grads), ((ref, ref_last), ref_grads) = results[True], results[False]
+    # the same arithmetic but for A scaled by log2(e) once rather than at every step: rounding apart
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    assert relative_error(out, ref) <= tolerance and relative_error(last, ref_last) <= 1e-5
+    for name, grad in grads.items():
+        assert relative_error(grad, ref_grads[name]) <= tolerance, name
+
+
 @gpu
 @pytest.mark.skipif("cuda" not in available_backends(), reason="mamba-ssm's kernel is not installed")
 @pytest.mark.parametrize(
@@ -244,14 +285,15 @@ def test_mamba_mixer_with_triton_scan():
         assert relative_error(grads[name], p.grad) <= 1e-3, name
 
 
-def contiguous_plan(batch, dim, length, dstate, groups=1, fp32_matrices=True):
-    """The Triton plan (built on the CPU, nothing launched) for contiguous fp32 operands with z, D and delta_bias."""
+def contiguous_plan(batch, dim, length, dstate, groups=1, fp32_matrices=True, element_bytes=4):
+    """The Triton plan (built on the CPU for an H100, nothing launched) for contiguous operands with z, D and
+    delta_bias; u, z, B and C of ``element_bytes`` at the narrowest."""
     from monai_mamba_nets.ops import scan_triton
 
     matrix = groups * dstate * length
     contiguous = scan_triton._Strides(*[dim * length] * 3, length, dim * length, matrix, length, matrix, length)
     return scan_triton._Plan(
-        batch, dim, length, dstate, groups, None, True, True, True, True, fp32_matrices, contiguous
+        batch, dim, length, dstate, groups, None, True, True, True, True, fp32_matrices, element_bytes, contiguous
     )  # fmt: skip
 
 
@@ -314,6 +356,39 @@ def test_forward_splits_states_where_chunks_give_few_threads(shape, states, thre
         assert launcher.constants["NP"] == states
         grid_threads = launcher.grid[0] * launcher.grid[1] * launcher.options["num_warps"] * 32
         assert grid_threads == threads
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize(
+    "shape, element_bytes, gluon, exact",
+    [
+        ((2, 64, 32768, 16), 4, True, True),
+        ((2, 64, 4100, 16), 4, True, False),  # ragged L: fp32 rows are copied 4 bytes at a time, masked
+        ((2, 64, 4096, 5), 4, True, False),  # N = 5: states padded to 8, masked
+        ((2, 64, 4096, 16), 2, True, True),
+        ((2, 64, 4100, 16), 2, False, None),  # 2-byte rows not shown 4-byte aligned: cp.async cannot copy them
+        ((2, 256, 512, 16), 4, False, None),  # the whole-sequence forward
+        ((2, 64, 200, 16), 4, False, None),  # whole-sequence programs
+    ],
+)
+def test_chunked_forward_walks_run_in_gluon_where_they_can(shape, element_bytes, gluon, exact):
+    """The chunked forward's summary and output walks are the Gluon kernels where Gluon runs them (compiled, Triton
+    3.6, sm_80 or later: here a plan built for an H100), the Triton kernels elsewhere. Where the tiles cover the
+    operands exactly, the Gluon walks leave their masks out."""
+    import triton
+
+    from monai_mamba_nets.ops import scan_gluon, scan_triton
+
+    if scan_triton._version(triton.__version__) != scan_triton.GLUON_TRITON:
+        pytest.skip("the Gluon walks are taken on Triton 3.6 only")
+    plan = contiguous_plan(*shape, element_bytes=element_bytes)
+    assert plan.gluon_walks == gluon
+    if hasattr(plan, "forward_output"):
+        kernels = (plan.forward_summary.kernel, plan.forward_output.kernel)
+        expected = (scan_gluon.forward_summary_kernel, scan_gluon.forward_output_kernel)
+        assert (kernels == expected) == gluon
+        for launcher in (plan.forward_summary, plan.forward_output):
+            assert launcher.constants.get("EXACT") == exact
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")

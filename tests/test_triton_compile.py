@@ -1,4 +1,4 @@
-"""Every Triton kernel compiles for an H100 (sm_90), without a GPU.
+"""Every Triton and Gluon kernel compiles for an H100 (sm_90), without a GPU.
 
 Triton's interpreter (tests/test_scan_triton.py) runs the kernels' Python on the CPU, so it misses what only the
 compiler rejects: a loop-carried value that changes type, a layout it cannot lower, a constexpr branch no GPU test
@@ -91,17 +91,23 @@ _COMPILE_CHECK = textwrap.dedent("""
 
     # whole-sequence forward (L <= 1024) with the chunked backward and its carry kernel (19 chunks), 2 groups
     scan(2, 8, 600, 16, groups=2)
-    # every chunked launch, no optional operand; gradient programs take 8 channel blocks, dB and dC in place
+    # every chunked launch (the forward walks in Gluon), no optional operand; gradient programs take 8 channel
+    # blocks, dB and dC in place
     scan(2, 64, 32768, 16, optional=False)
+    # the forward walks in Triton: fp16 rows whose length does not show them 4-byte aligned for cp.async
+    scan(2, 64, 4100, 16, dtype=torch.float16, optional=False)
     # whole-sequence programs in bf16, N = 5, no optional operand
     scan(2, 16, 100, 5, dtype=torch.bfloat16, optional=False)
     # Mamba-UNet's 14 x 14 stage: whole-sequence gradient programs take several channel blocks; then inference
     scan(8, 3072, 196, 16, groups=4)
     scan(8, 3072, 196, 16, groups=4, grad=False)
-    # the chunked forward in fp16 at N = 64, channel-major, 16 chunks: gradient programs fold the adjoint carry
-    scan(2, 256, 512, 64, dtype=torch.float16, channel_major=True)
-    # one chunk per sequence: the output launch alone (N = 32 keeps it off the whole-sequence forward)
+    # the chunked forward in fp16 at N = 64, channel-major, 16 chunks: gradient programs fold the adjoint carry; 250
+    # channels, not a multiple of the forward's channel block, so the Gluon walks keep their masks
+    scan(2, 250, 512, 64, dtype=torch.float16, channel_major=True)
+    # one chunk per sequence: the output launch alone (N = 32 keeps it off the whole-sequence forward), in Triton
+    # (bf16 rows of 225 steps) and in Gluon
     scan(2, 20000, 225, 32, dtype=torch.bfloat16)
+    scan(2, 20000, 240, 32, dtype=torch.bfloat16)
 
     for dtype, K, bias, channel_major in [(torch.float32, 4, True, False), (torch.bfloat16, 3, False, True)]:
         x = sequence(2, 24, 300, dtype, channel_major).requires_grad_()
@@ -139,11 +145,14 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
                 "_sum_partials_kernel",
             )
         ),
+        "scan_gluon.forward_summary_kernel", "scan_gluon.forward_output_kernel",
         "conv_triton._forward_kernel", "conv_triton._backward_kernel",
     }  # fmt: skip
     # every constexpr branch of the kernels, each way
     branches = {
         "scan_triton._forward_output_kernel": ("SINGLE_CHUNK", "HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS"),
+        "scan_gluon.forward_summary_kernel": ("HAS_BIAS", "SOFTPLUS", "EXACT"),
+        "scan_gluon.forward_output_kernel": ("SINGLE_CHUNK", "HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS", "EXACT"),
         "scan_triton._chunk_carry_kernel": ("REVERSE",),
         "scan_triton._backward_kernel": ("INLINE_CARRY", "HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS"),
         "scan_triton._whole_forward_kernel": ("PRE_GATE", "HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS"),

@@ -15,6 +15,11 @@ Forward, three launches (one where the sequence is a single chunk: the output la
 2. carry: a scan over the chunk summaries gives the state entering every chunk;
 3. output: each chunk again from its entry state, y = C h + D u, gated by silu(z).
 
+The summary and output walks are Gluon kernels (``scan_gluon``) where Gluon runs them: compiled (not under Triton's
+interpreter), on Triton 3.6, on sm_80 or later, with rows that asynchronous copies can move (``_gluon_walks``). They
+stage their operands through shared memory several steps ahead, which the kernels here cannot; elsewhere the kernels
+here walk.
+
 Backward, four launches, for the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}:
 
 1. summary: each chunk forward from its entry state (y is needed for the gate's gradient): the adjoint leaving
@@ -65,6 +70,11 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+
+try:
+    from . import scan_gluon
+except ImportError:  # a Triton without Gluon: the Triton walks
+    scan_gluon = None
 
 __all__ = ["selective_scan_triton"]
 
@@ -136,6 +146,14 @@ FORWARD_SUMMARY_REGISTERS = 128
 
 # whether the kernels run under Triton's interpreter (TRITON_INTERPRET=1), which runs no inline PTX
 INTERPRETED = tl.constexpr(triton.knobs.runtime.interpret)
+# the chunked forward's walks in Gluon (scan_gluon) are taken on this Triton release only: Gluon is experimental and
+# its API moves between releases
+GLUON_TRITON = (3, 6)
+# steps of each row a Gluon walk copies into shared memory at a time, and the stages it keeps (STAGES - 1 in flight).
+# On the H100 at (2, 64, 32768), the forward in a graph: 0.0843 ms with 16 steps and 3 stages, 0.0916 with 4 stages,
+# 0.1012 with 32 steps (the Triton walks 0.1098 ms)
+GLUON_STEPS = 16
+GLUON_STAGES = 3
 
 
 @triton.jit
@@ -980,6 +998,19 @@ def _whole_sequence_launcher(
     return _Launcher(kernel, grid, device, dict(num_warps=warps), sizes, **flags, LP=steps, BD=channels, **constants)
 
 
+def _gluon_walks(device: int | None, element_bytes: int, length: int, strides: _Strides) -> bool:
+    """Whether the chunked forward takes the Gluon walks: compiled (Triton's interpreter cannot run Gluon), on
+    Triton GLUON_TRITON, for a GPU with asynchronous copies (sm_80 or later; a plan built without a GPU, as in the
+    CPU compile test, is for an H100). Asynchronous copies move 4 bytes or more, so operands of 2-byte elements
+    (``element_bytes``, the smallest of u, z, B and C) need L and every stride a multiple of 16, which Triton's
+    specialisation of the kernels' sizes then shows."""
+    if scan_gluon is None or triton.knobs.runtime.interpret or _version(triton.__version__) != GLUON_TRITON:
+        return False
+    if element_bytes < 4 and any(size % 16 for size in (length, *strides)):
+        return False
+    return device is None or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def _takes_whole_forward(rows: int, length: int, dstate: int) -> bool:
     """Whether a chunked sequence takes the whole-sequence forward (WHOLE_FORWARD_STEPS, _STATES and _WORK)."""
     work = rows * triton.next_power_of_2(length) * dstate
@@ -1043,7 +1074,7 @@ class _Plan:
 
     def __init__(
         self, batch, dim, length, dstate, groups, device, has_D, has_z, has_bias, softplus, fp32_matrices,
-        strides: _Strides,
+        element_bytes: int, strides: _Strides,
     ):  # fmt: skip
         rows = batch * dim
         self.shape, self.dstate = (batch, dim, length), dstate
@@ -1052,6 +1083,9 @@ class _Plan:
         self.whole_sequence = length <= WHOLE_SEQUENCE_STEPS
         flags = dict(HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus)
         self.whole_forward = None
+        # whether the chunked forward walks run in Gluon (scan_gluon) rather than Triton; ``_chunked`` clears it where
+        # the whole-sequence forward takes their place
+        self.gluon_walks = not self.whole_sequence and _gluon_walks(device, element_bytes, length, strides)
         build = self._whole_sequence if self.whole_sequence else self._chunked
         chunks, partials, forward_regions, backward_regions = build(
             batch, dim, length, dstate, groups, device, strides, flags
@@ -1115,6 +1149,7 @@ class _Plan:
         # a sequence of one chunk needs no summary or carry: the output kernel starts it from zero
         self.single_chunk = chunks == 1
         if _takes_whole_forward(rows, length, dstate):
+            self.gluon_walks = False
             self.whole_forward = _whole_sequence_launcher(
                 _whole_forward_kernel, batch, dim, length, dstate, groups, device, strides, flags, chunks=chunks,
                 CHUNK=chunk, PRE_GATE=False,
@@ -1123,13 +1158,20 @@ class _Plan:
             forward = _layout(dstate, group_size, FORWARD_STATES)
             if forward.lanes == 1 and rows * chunks < FORWARD_THREADS:
                 forward = _layout(dstate, group_size, SHORT_FORWARD_STATES)
+            if self.gluon_walks:
+                kernels = scan_gluon.forward_summary_kernel, scan_gluon.forward_output_kernel
+                # the tiles cover the operands exactly: the Gluon walks leave their masks out
+                exact = length % chunk == 0 and group_size % forward.channels == 0
+                exact = exact and dstate == forward.lanes * forward.states
+                summary_registers, stages = None, dict(SUB=GLUON_STEPS, STAGES=GLUON_STAGES, EXACT=exact)
+            else:
+                kernels = _forward_summary_kernel, _forward_output_kernel
+                summary_registers, stages = FORWARD_SUMMARY_REGISTERS, {}
             self.forward_summary = walk(
-                _forward_summary_kernel, forward, strides.summary(), FORWARD_SUMMARY_REGISTERS,
-                HAS_BIAS=flags["HAS_BIAS"], SOFTPLUS=flags["SOFTPLUS"],
+                kernels[0], forward, strides.summary(), summary_registers, HAS_BIAS=flags["HAS_BIAS"],
+                SOFTPLUS=flags["SOFTPLUS"], **stages,
             )  # fmt: skip
-            self.forward_output = walk(
-                _forward_output_kernel, forward, strides, SINGLE_CHUNK=self.single_chunk, **flags
-            )
+            self.forward_output = walk(kernels[1], forward, strides, SINGLE_CHUNK=self.single_chunk, **flags, **stages)
         summary = _layout(dstate, group_size, SUMMARY_STATES)
         gradient = _layout(dstate, group_size, GRADIENT_STATES, GRADIENT_WARPS)
         self.backward_summary = walk(_backward_summary_kernel, summary, strides, SPAN=CHECKPOINT, **flags)
@@ -1229,7 +1271,8 @@ def _plan(u, A, B, C, D, z, delta_bias, softplus: bool, strides: _Strides) -> _P
         batch, dim, length = u.shape
         plan = _PLANS[key] = _Plan(
             batch, dim, length, A.shape[1], groups, u.device.index, D is not None, z is not None,
-            delta_bias is not None, softplus, B.dtype == C.dtype == torch.float32, strides,
+            delta_bias is not None, softplus, B.dtype == C.dtype == torch.float32,
+            min(x.element_size() for x in (u, B, C, z) if x is not None), strides,
         )  # fmt: skip
     return plan
 
