@@ -14,7 +14,8 @@ Same arguments as ``_forward_summary_kernel`` and ``_forward_output_kernel`` of 
 EXACT. Masked copies fill shared memory with zeros, and every step outside the sequence or channel outside the group
 gets dt = 0, which makes it the identity, as in the Triton walks. With EXACT (L a multiple of the chunk, the group a
 multiple of the channel block, N a power of two) there is nothing to mask, and the kernels leave the masks out: they
-cost the output walk about 25 registers a thread, 217 against 188 for sm_90, one program less per SM.
+cost the output walk 29 registers a thread (217 against 188 for sm_90), one program less per SM, and on the H100 30 %
+more time at (16, 64, 16384) (docs/performance.md, "The forward walks in Gluon").
 
 Gluon runs on the GPU only: Triton's interpreter, on which the CPU tests of the kernels rely, cannot run it. Those
 tests run the Triton walks, and ``tests/test_triton_compile.py`` compiles these for sm_90 on the CPU.
