@@ -179,9 +179,8 @@ def _program(group_size, groups, blocks, BD: gl.constexpr):
     """The program's batch index, group and chunk, its first channel and the channels of its group from there on."""
     batch_group = gl.program_id(0) // blocks
     batch, group = batch_group // groups, batch_group % groups
-    first = group * group_size + gl.program_id(0) % blocks * BD
-    left = group * group_size + group_size - first  # channels of the group from ``first`` on
-    return batch, group, gl.program_id(1), first, left
+    in_group = gl.program_id(0) % blocks * BD
+    return batch, group, gl.program_id(1), group * group_size + in_group, group_size - in_group
 
 
 @gluon.jit
