@@ -29,7 +29,8 @@ Backward, four launches, for the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}:
    gradient programs fold it from the summaries themselves and this launch is left out);
 3. gradients: each chunk walks its checkpoint spans from the last; a span is rescanned forward from its
    checkpoint, keeping the state before every sub-tile in registers, then walked back sub-tile by sub-tile with
-   the adjoint;
+   the adjoint. The programs take the chunks last first: the summary read the last ones last, so they are still in
+   L2;
 4. sums: the partial gradients of the programs summed and cast to the operands' dtypes.
 
 Short sequences (at most ``WHOLE_SEQUENCE_STEPS``) are not chunked. A program takes a few channels over the whole
@@ -569,6 +570,8 @@ def _block_gradients(
     batch, group, row, seq, channel, channel_ok, n, n_ok, c, step = _program(
         dim, row_stride, dstate, group_size, groups, blocks, part, STEPS, BD, NP, NL, FOLD
     )
+    # the chunks last first: the backward summary walked them first to last, so the last ones' operands are in L2
+    c = chunks - 1 - c
     u_ptr, delta_ptr, B_ptr, C_ptr = _operands_at(
         u_ptr, delta_ptr, B_ptr, C_ptr, batch, group, u_batch, delta_batch, B_batch, B_row, C_batch, C_row, dstate
     )
