@@ -12,12 +12,14 @@ host wall-clock; GPU times are CUDA-event times of one call each, with the L2 ca
 Python launch overhead counts only where the GPU would wait for it). With ``--graph``, each call is captured once in
 a CUDA graph and its replays are timed: GPU time alone, without the host's launch costs, and with a warm L2. With
 ``--host``, the host's time from the call to its return is timed, the GPU idle before each call: what the Python
-side of a call costs (no bandwidth is printed then).
+side of a call costs (no bandwidth is printed then). On the GPU the backends take turns on the same inputs, one call
+(or replay) each per round, so that the machine's drift between rounds hits them alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import resource
 import statistics
@@ -69,8 +71,8 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def run_case(
-    backend: str,
+def run_cases(
+    backends: list[str],
     shape,
     device: str,
     dtype: torch.dtype,
@@ -78,31 +80,45 @@ def run_case(
     repeats: int,
     graph: bool = False,
     host: bool = False,
-) -> dict:
-    """One (backend, shape, mode): median seconds and extra peak bytes of one call over the inputs' footprint."""
+) -> dict[str, dict]:
+    """One shape and mode for each of ``backends``, on the same inputs: {backend: median seconds and extra peak bytes
+    of one call over the inputs' footprint}. The backends take turns, one call (or replay) each per round, so that
+    the machine's drift between rounds hits them alike. On CPU the peak is the process's: one backend per process."""
     torch.manual_seed(0)
     tensors = _inputs(shape, device, dtype, requires_grad=backward)
     context = torch.enable_grad() if backward else torch.no_grad()
     with context:
-        if device == "cuda":
-            _call(backend, tensors, backward)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            _call(backend, tensors, backward)
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            base = _rss_bytes()
-            _call(backend, tensors, backward)
-            # ru_maxrss is the process's high-water mark in KiB: this process is fresh, so it is this call's peak
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        if graph:
-            times = graph_seconds(lambda: _call(backend, tensors, backward), repeats)
+        peaks = {backend: _peak_bytes(backend, tensors, backward) for backend in backends}
+        if graph:  # the graphs read ``tensors``, which outlive them
+            graphs = {backend: captured(functools.partial(_call, backend, tensors, backward)) for backend in backends}
+            timers = {backend: functools.partial(replay_seconds, graphs[backend]) for backend in backends}
         else:
             timer = _gpu_seconds if device == "cuda" and not host else _host_seconds
-            times = [timer(backend, tensors, backward) for _ in range(repeats)]
-    return {"seconds": statistics.median(times), "peak_bytes": max(0, peak)}
+            timers = {backend: functools.partial(timer, backend, tensors, backward) for backend in backends}
+        times = {backend: [] for backend in backends}
+        for _ in range(repeats):
+            for backend in backends:
+                times[backend].append(timers[backend]())
+    return {
+        backend: {"seconds": statistics.median(times[backend]), "peak_bytes": peaks[backend]} for backend in backends
+    }
+
+
+def _peak_bytes(backend, tensors, backward) -> int:
+    """Extra peak memory of one call: on the GPU over what is allocated before it (after a first call), on the CPU
+    the growth of the resident set, which needs a fresh process."""
+    if tensors["u"].is_cuda:
+        _call(backend, tensors, backward)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        _call(backend, tensors, backward)
+        torch.cuda.synchronize()
+        return max(0, torch.cuda.max_memory_allocated() - base)
+    base = _rss_bytes()
+    _call(backend, tensors, backward)
+    # ru_maxrss is the process's high-water mark in KiB: this process is fresh, so it is this call's peak
+    return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
 
 
 def _host_seconds(backend, tensors, backward) -> float:
@@ -161,7 +177,7 @@ def graph_seconds(fn, repeats: int) -> list[float]:
 def _run_isolated(args) -> dict:
     """CPU cases run in a fresh process so that the resident-set high-water mark belongs to them alone."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_case, args)
+        return pool.apply(run_cases, args)
 
 
 def traffic_bytes(shape, dtype) -> int:
@@ -203,16 +219,22 @@ def main() -> None:
     )
     results = {}
     for shape in shapes:
-        for backend in backends:
-            if backend == "loop" and shape not in LOOP_SHAPES:
-                print(f"{backend:8} {str(shape):22} {'not run: the loop takes minutes at this size':>60}", flush=True)
-                continue
-            row = {}
-            for backward in (False, True):
-                repeats = 1 if backend == "loop" else args.repeats
-                case = (backend, shape, args.device, dtype, backward, repeats, args.graph, args.host)
-                row[backward] = run_case(*case) if args.device == "cuda" else _run_isolated(case)
-            results[backend, shape] = row
+        if "loop" in backends and shape not in LOOP_SHAPES:
+            print(f"{'loop':8} {str(shape):22} {'not run: the loop takes minutes at this size':>60}", flush=True)
+        timed = [backend for backend in backends if backend != "loop" or shape in LOOP_SHAPES]
+        rows = {}
+        for backward in (False, True):
+            if args.device == "cuda":  # the backends take turns in this process
+                rows[backward] = run_cases(
+                    timed, shape, args.device, dtype, backward, args.repeats, args.graph, args.host
+                )
+            else:  # one fresh process per backend
+                rows[backward] = {}
+                for backend in timed:
+                    repeats = 1 if backend == "loop" else args.repeats
+                    rows[backward].update(_run_isolated(([backend], shape, args.device, dtype, backward, repeats)))
+        for backend in timed:
+            results[backend, shape] = row = {backward: rows[backward][backend] for backward in (False, True)}
             fwd, both = row[False], row[True]
             bandwidth = "" if args.host else f"{traffic_bytes(shape, dtype) / fwd['seconds'] / 1e9:.1f}"
             print(
