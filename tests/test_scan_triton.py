@@ -639,6 +639,22 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     # one chunk (L = 1, L = 29, and the last case's 40 steps in a 64-step chunk): the output launch alone
     assert single_chunks == [False, False, False, True, False, True, False, False, True], single_chunks
     assert whole_warps == [1, 4, 4, 4, 4, 4, 4, 4], whole_warps
+
+    # plans are found by the layout a call receives: u a misaligned view, which the first call copies; the second
+    # call with that layout finds the plan and copies again, and a contiguous u takes a plan of its own
+    scan_triton._PLANS.clear()
+    ops = scan_operands(1, 4, 40, 4, seed=3)
+    wide = torch.zeros(1, 4, 41)
+    wide[..., 1:] = ops["u"]
+    ops["u"] = wide[..., 1:]
+    first = scan_triton.selective_scan_triton(**ops, delta_softplus=True)
+    (plan,) = scan_triton._PLANS.values()
+    assert plan.copies_operands
+    assert torch.equal(scan_triton.selective_scan_triton(**ops, delta_softplus=True), first)
+    assert len(scan_triton._PLANS) == 1
+    ops["u"] = ops["u"].contiguous()
+    assert torch.equal(scan_triton.selective_scan_triton(**ops, delta_softplus=True), first)
+    assert len(scan_triton._PLANS) == 2 and not list(scan_triton._PLANS.values())[1].copies_operands
     print("interpreter check passed")
     """)
 

@@ -60,7 +60,8 @@ its pointers to its batch entry once; steps are always adjacent in memory.
 
 Host side. Launching through ``kernel[grid]`` costs more host time than the kernels take on short sequences, so
 the first call with a configuration of the operands (shapes, dtypes, strides) builds a ``_Plan`` (chunking,
-layouts, workspace sizes, one ``_Launcher`` per kernel) and later calls launch the compiled kernels directly.
+layouts, workspace sizes, one ``_Launcher`` per kernel) and later calls launch the compiled kernels directly. Plans
+are found by the layout of the operands as a call receives them, so a later call does not examine its operands again.
 """
 
 from __future__ import annotations
@@ -912,25 +913,26 @@ class _Launcher:
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.sizes = tuple(sizes)
         self.trailing = self.sizes + tuple(constants[name] for name in names)
-        self.compiled = None
+        # the binary from the first call (none under the interpreter), and what its launcher takes before the
+        # kernel's arguments, but for the stream
+        self.compiled, self.binary = None, ()
 
     def __call__(self, *pointers: torch.Tensor | None) -> None:
         """Launch on the current stream with these tensors (or None for absent operands) as the pointer parameters."""
         if self.compiled is None:
             compiled = self.kernel[self.grid](*pointers, *self.sizes, **self.constants, **self.options)
-            self.compiled = compiled if _COMPILED_LAUNCH else None
+            if _COMPILED_LAUNCH and compiled is not None:
+                self.compiled = compiled
+                self.binary = (compiled.function, compiled.packed_metadata, None, None, None)
             return
         # addresses as ints spare the binary's launcher a driver call per tensor to check it (3-4 us per launch on
         # the GPU machine's host); the op has checked its tensors' device already
         args = [None if x is None else x.data_ptr() for x in pointers]
         stream = triton.runtime.driver.active.get_current_stream(self.device)
-        compiled = self.compiled
         if _launch_hooks_set():
-            compiled[self.grid](*args, *self.trailing, stream=stream)
+            self.compiled[self.grid](*args, *self.trailing, stream=stream)
         else:  # what ``compiled[grid]`` does without hooks, less its per-call wrapping (about 8 us on the GPU machine)
-            compiled.run(
-                *self.grid, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *self.trailing
-            )
+            self.compiled.run(*self.grid, stream, *self.binary, *args, *self.trailing)
 
 
 class _Layout(NamedTuple):
@@ -1083,6 +1085,8 @@ class _Plan:
         self.shape, self.dstate = (batch, dim, length), dstate
         # sequences and their gradients in (dim, batch, L) order, as the Mamba mixer's projections give them
         self.channel_major = strides.out_batch != dim * length
+        # whether the operands as the plan's first call received them needed a copy (``_forward`` sets it)
+        self.copies_operands = False
         self.whole_sequence = length <= WHOLE_SEQUENCE_STEPS
         flags = dict(HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus)
         self.whole_forward = None
@@ -1259,25 +1263,24 @@ class _Plan:
         return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
+# plans by the layout of the operands a call receives (``_operand_key``): a later call with the same layout finds its
+# plan without examining its operands again
 _PLANS: dict[tuple, _Plan] = {}
 
 
-def _plan(u, A, B, C, D, z, delta_bias, softplus: bool, strides: _Strides) -> _Plan:
-    """The plan for these operands, keyed by everything a kernel is specialised on (pointers are always 16-byte
-    aligned, and delta has u's dtype)."""
-    optional = tuple(None if x is None else x.dtype for x in (D, z, delta_bias))
-    groups = B.shape[1] if B.dim() == 4 else 1
-    key = (u.device.index, *u.shape, A.shape[1], groups, u.dtype, A.dtype, B.dtype, C.dtype, *optional, softplus)
-    key += strides
-    plan = _PLANS.get(key)
-    if plan is None:
-        batch, dim, length = u.shape
-        plan = _PLANS[key] = _Plan(
-            batch, dim, length, A.shape[1], groups, u.device.index, D is not None, z is not None,
-            delta_bias is not None, softplus, B.dtype == C.dtype == torch.float32,
-            min(x.element_size() for x in (u, B, C, z) if x is not None), strides,
-        )  # fmt: skip
-    return plan
+def _operand_key(x: torch.Tensor | None) -> tuple | None:
+    """What a plan depends on in one operand as a call receives it: shape, strides, dtype and 16-byte alignment."""
+    return None if x is None else (x.shape, x.stride(), x.dtype, x.data_ptr() % 16 == 0)
+
+
+def _new_plan(u, delta, A, B, C, D, z, delta_bias, softplus: bool, strides: _Strides) -> _Plan:
+    """The plan for operands laid out as the kernels read them (``_prepared``), at these strides."""
+    batch, dim, length = u.shape
+    return _Plan(
+        batch, dim, length, A.shape[1], B.shape[1] if B.dim() == 4 else 1, u.device.index, D is not None,
+        z is not None, delta_bias is not None, softplus, B.dtype == C.dtype == torch.float32,
+        min(x.element_size() for x in (u, B, C, z) if x is not None), strides,
+    )  # fmt: skip
 
 
 def _aligned(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -1346,19 +1349,33 @@ def _on_device(x: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, differentiable):
-    """The forward on operands laid out as the kernels read them: (plan, those operands, out, what the backward
-    needs besides them (nothing unless ``differentiable``), last state or None)."""
+def _prepared(u, delta, A, B, C, D, z, delta_bias) -> tuple[tuple, _Strides]:
+    """The operands laid out as the kernels read them (copies only where a layout needs one) and their strides."""
     channel_major = _channel_major(u)
     u, delta, z = (_sequence_operand(x, channel_major) for x in (u, delta, z))
     (B, B_batch, B_row), (C, C_batch, C_row) = _matrix_operand(B), _matrix_operand(C)
     A, D, delta_bias = map(_aligned, (A, D, delta_bias))
-    operands = (u, delta, A, B, C, D, z, delta_bias)
     batch, dim, length = u.shape
     row, out_batch = (batch * length, length) if channel_major else (length, dim * length)
     z_batch = 0 if z is None else z.stride(0)
     strides = _Strides(u.stride(0), delta.stride(0), z_batch, row, out_batch, B_batch, B_row, C_batch, C_row)
-    plan = _plan(u, A, B, C, D, z, delta_bias, bool(delta_softplus), strides)
+    return (u, delta, A, B, C, D, z, delta_bias), strides
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, differentiable):
+    """The forward: (plan, the operands as the kernels read them, out, what the backward needs besides them (nothing
+    unless ``differentiable``), last state or None). The first call with a layout of the operands prepares them and
+    builds its plan; later calls with that layout prepare them only where the plan's first call had to copy one."""
+    operands = (u, delta, A, B, C, D, z, delta_bias)
+    key = (u.device.index, bool(delta_softplus), *map(_operand_key, operands))
+    plan = _PLANS.get(key)
+    if plan is None:
+        prepared, strides = _prepared(*operands)
+        plan = _PLANS[key] = _new_plan(*prepared, bool(delta_softplus), strides)
+        plan.copies_operands = any(x is not y for x, y in zip(prepared, operands))
+        operands = prepared
+    elif plan.copies_operands:
+        operands, _ = _prepared(*operands)
     with _on_device(u):
         out, saved, last_state = plan.forward(*operands, return_last_state, differentiable)
     return plan, operands, out, saved, last_state
