@@ -11,6 +11,7 @@ from .mamba import Mamba, upcast_half
 
 __all__ = ["ResidualVisionMamba", "ResMambaBlock", "get_rvm_layer"]
 
+
 class ResidualVisionMamba(nn.Module):
     """Residual Vision Mamba layer of LightM-UNet: a Mamba over all voxels, a learnable skip, one shared LayerNorm.
 
