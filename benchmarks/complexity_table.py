@@ -55,7 +55,13 @@ PER_SAMPLE = [
 
 PAPER_SETTINGS = [
     Row("LightM-UNet v0, M&S 2D", "LightMUNet", (12, 3, 512, 512), "1.09 M / 267.19 G", {**LIGHTM_2D, "variant": "v0"}),
-    Row("LightM-UNet v0, LiTS 3D", "LightMUNet", (2, 1, 128, 128, 128), "1.87 M / 457.62 G", {**LIGHTM_3D, "variant": "v0"}),
+    Row(
+        "LightM-UNet v0, LiTS 3D",
+        "LightMUNet",
+        (2, 1, 128, 128, 128),
+        "1.87 M / 457.62 G",
+        {**LIGHTM_3D, "variant": "v0"},
+    ),
     Row("LightM-UNet v1, M&S 2D", "LightMUNet", (12, 3, 512, 512), "", LIGHTM_2D),
     Row("LightM-UNet v1, LiTS 3D", "LightMUNet", (2, 1, 128, 128, 128), "", LIGHTM_3D),
 ]

@@ -215,7 +215,8 @@ def main() -> None:
     # GPU calls take fractions of a millisecond: print milliseconds there
     unit, scale = ("ms", 1e3) if args.device == "cuda" else ("s", 1.0)
     print(
-        f"{'backend':8} {'(B, D, L, N)':22} {'fwd ' + unit:>10} {'fwd GB/s':>9} {'fwd+bwd ' + unit:>10} {'peak MB fwd':>12} {'peak MB f+b':>12}"
+        f"{'backend':8} {'(B, D, L, N)':22} {'fwd ' + unit:>10} {'fwd GB/s':>9} {'fwd+bwd ' + unit:>10} "
+        f"{'peak MB fwd':>12} {'peak MB f+b':>12}"
     )
     results = {}
     for shape in shapes:
@@ -238,7 +239,8 @@ def main() -> None:
             fwd, both = row[False], row[True]
             bandwidth = "" if args.host else f"{traffic_bytes(shape, dtype) / fwd['seconds'] / 1e9:.1f}"
             print(
-                f"{backend:8} {str(shape):22} {fwd['seconds'] * scale:10.4f} {bandwidth:>9} {both['seconds'] * scale:10.4f} "
+                f"{backend:8} {str(shape):22} {fwd['seconds'] * scale:10.4f} {bandwidth:>9} "
+                f"{both['seconds'] * scale:10.4f} "
                 f"{fwd['peak_bytes'] / 2**20:12.1f} {both['peak_bytes'] / 2**20:12.1f}",
                 flush=True,
             )
