@@ -129,7 +129,9 @@ def test_workflow_properties(workflow_type, config, overrides, tmp_path):
     assert workflow.check_properties() == []
 
 
-@pytest.mark.parametrize("config, recipe_ids", [("train.json", ["image_size", "epochs"]), ("inference.json", ["image_size"])])
+@pytest.mark.parametrize(
+    "config, recipe_ids", [("train.json", ["image_size", "epochs"]), ("inference.json", ["image_size"])]
+)
 def test_recipe_follows_the_data(demo_env, monkeypatch, tmp_path, config, recipe_ids):
     """The embedded demo data runs the demo recipe; a real dataset_dir runs the paper's."""
     monkeypatch.setenv("MONAI_MAMBA_NETS_CACHE", demo_env["MONAI_MAMBA_NETS_CACHE"])

@@ -78,6 +78,8 @@ class SelectiveScanCuda(torch.autograd.Function):
         )
 
 
-def selective_scan_cuda_kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+def selective_scan_cuda_kernel(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
     """The ``cuda`` backend of :func:`monai_mamba_nets.selective_scan`; arguments are assumed validated."""
     return SelectiveScanCuda.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

@@ -169,7 +169,8 @@ class SelectiveScanTorch(torch.autograd.Function):
         for seg in ops.segments(segment, chunk):
             entries.append(state)
             states, state = seg.states(seg.dt(), seg.matrix(B), seg.sequence(ops.u), state, work)
-            y[..., seg.start : seg.stop] = _sequence_major(_sum_states(states.mul_(seg.matrix(C))), seg.stop - seg.start)
+            y_seg = _sum_states(states.mul_(seg.matrix(C)))
+            y[..., seg.start : seg.stop] = _sequence_major(y_seg, seg.stop - seg.start)
         if ops.D is not None:
             y.addcmul_(ops.u.to(compute_dtype), ops.D)
         out = y if z is None else F.silu(ops.z.to(compute_dtype)).mul_(y)
@@ -208,7 +209,8 @@ class SelectiveScanTorch(torch.autograd.Function):
         work = _Workspace(ops, ctx.plan[0], A.shape[-1], count=4)
         for index, seg in reversed(list(enumerate(ops.segments(*ctx.plan)))):
             n = seg.stop - seg.start
-            dt, u_seg, B_seg, C_seg, dy_seg = seg.dt(), seg.sequence(ops.u), seg.matrix(B), seg.matrix(C), seg.sequence(dy)
+            dt, u_seg, dy_seg = seg.dt(), seg.sequence(ops.u), seg.sequence(dy)
+            B_seg, C_seg = seg.matrix(B), seg.matrix(C)
             dt_u = (dt * u_seg).unsqueeze(-1)
             states, _ = seg.states(dt, B_seg, u_seg, entries[index], work)
             # adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}: a reverse scan whose decay at t is a_{t+1}
@@ -221,7 +223,8 @@ class SelectiveScanTorch(torch.autograd.Function):
             # a_t h_{t-1} = h_t - dt_t B_t u_t: the decay's gradient without shifting the states
             decay_term = states.sub_(torch.mul(dt_u, B_seg, out=scratch)).mul_(adj)
             ddt = torch.matmul(decay_term, A_column).squeeze(-1)
-            dA += torch.matmul(dt.flatten(-2).unsqueeze(-2), decay_term.flatten(-3, -2)).sum(0, keepdim=True).unsqueeze(-2)
+            dA_seg = torch.matmul(dt.flatten(-2).unsqueeze(-2), decay_term.flatten(-3, -2))
+            dA += dA_seg.sum(0, keepdim=True).unsqueeze(-2)
             adj_B = _sum_states(torch.mul(adj, B_seg, out=scratch))
             ddt.addcmul_(adj_B, u_seg)
             du[..., seg.start : seg.stop] = _sequence_major(adj_B * dt, n)
@@ -260,6 +263,8 @@ def _accumulate(grad: torch.Tensor, segment_grad: torch.Tensor, seg: _Segment) -
     target[..., seg.start : seg.stop] += segment_grad
 
 
-def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+def selective_scan_torch(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
     """The torch backend of :func:`monai_mamba_nets.selective_scan`; arguments are assumed validated."""
     return SelectiveScanTorch.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

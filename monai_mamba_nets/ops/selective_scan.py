@@ -88,13 +88,15 @@ def _validate(u, delta, A, B, C, D, z, delta_bias) -> None:
         elif x.dim() == 4:
             if x.shape[1] < 1 or dim % x.shape[1]:
                 raise ValueError(
-                    f"selective_scan: `{name}` has {x.shape[1]} groups, which must divide dim = {dim}; shape {tuple(x.shape)}."
+                    f"selective_scan: `{name}` has {x.shape[1]} groups, which must divide dim = {dim}; "
+                    f"shape {tuple(x.shape)}."
                 )
             _check_shape(name, x, (batch, x.shape[1], dstate, length), "(batch, groups, N, L)")
             groups[name] = x.shape[1]
         else:
             raise ValueError(
-                f"selective_scan: `{name}` must be (dim, N), (batch, N, L) or (batch, groups, N, L), got shape {tuple(x.shape)}."
+                f"selective_scan: `{name}` must be (dim, N), (batch, N, L) or (batch, groups, N, L), "
+                f"got shape {tuple(x.shape)}."
             )
     if len(set(groups.values())) > 1:
         raise ValueError(f"selective_scan: `B` and `C` must have the same number of groups, got {groups}.")
