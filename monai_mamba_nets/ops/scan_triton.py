@@ -913,26 +913,25 @@ class _Launcher:
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.sizes = tuple(sizes)
         self.trailing = self.sizes + tuple(constants[name] for name in names)
-        # the binary from the first call (none under the interpreter), and what its launcher takes before the
-        # kernel's arguments, but for the stream
-        self.compiled, self.binary = None, ()
+        self.compiled = None
 
     def __call__(self, *pointers: torch.Tensor | None) -> None:
         """Launch on the current stream with these tensors (or None for absent operands) as the pointer parameters."""
         if self.compiled is None:
             compiled = self.kernel[self.grid](*pointers, *self.sizes, **self.constants, **self.options)
-            if _COMPILED_LAUNCH and compiled is not None:
-                self.compiled = compiled
-                self.binary = (compiled.function, compiled.packed_metadata, None, None, None)
+            self.compiled = compiled if _COMPILED_LAUNCH else None
             return
         # addresses as ints spare the binary's launcher a driver call per tensor to check it (3-4 us per launch on
         # the GPU machine's host); the op has checked its tensors' device already
         args = [None if x is None else x.data_ptr() for x in pointers]
         stream = triton.runtime.driver.active.get_current_stream(self.device)
+        compiled = self.compiled
         if _launch_hooks_set():
-            self.compiled[self.grid](*args, *self.trailing, stream=stream)
+            compiled[self.grid](*args, *self.trailing, stream=stream)
         else:  # what ``compiled[grid]`` does without hooks, less its per-call wrapping (about 8 us on the GPU machine)
-            self.compiled.run(*self.grid, stream, *self.binary, *args, *self.trailing)
+            compiled.run(
+                *self.grid, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *self.trailing
+            )
 
 
 class _Layout(NamedTuple):
