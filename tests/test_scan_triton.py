@@ -185,6 +185,39 @@ def test_gradients_are_deterministic(length):
         assert torch.equal(first[name], second[name]), name
 
 
+@gpu
+@pytest.mark.parametrize("length", [2000, 196])  # chunked, whole-sequence
+def test_launch_hooks_see_every_launch(length, monkeypatch):
+    """Where a profiler hooks Triton's launches, the plans' later calls go through the path that calls the hooks:
+    every launch of forward and backward is seen, and the results are those of the direct launches."""
+    import triton
+
+    from monai_mamba_nets.ops import scan_triton
+
+    ops = scan_operands(2, 32, length, 16, device="cuda", seed=12)
+    grad_out = torch.randn(2, 32, length, device="cuda")
+    direct = [_run("triton", ops, grad_out, delta_softplus=True) for _ in range(2)][-1]
+    launched = []
+
+    def record(metadata):
+        launched.append(metadata.get()["name"])
+
+    calls = []
+    launch = scan_triton._Launcher.__call__
+    monkeypatch.setattr(scan_triton._Launcher, "__call__", lambda self, *p: (calls.append(self), launch(self, *p)))
+    hooks = triton.knobs.runtime.launch_enter_hook
+    hooks.add(record)
+    try:
+        hooked = _run("triton", ops, grad_out, delta_softplus=True)
+    finally:
+        hooks.remove(record)
+    assert len(launched) == len(calls) >= 3, launched
+    assert any("forward" in name for name in launched) and any("backward" in name for name in launched), launched
+    assert torch.equal(hooked[0], direct[0])
+    for name, grad in hooked[1].items():
+        assert torch.equal(grad, direct[1][name]), name
+
+
 def _channel_major(x: torch.Tensor) -> torch.Tensor:
     """``x`` (batch, dim, L) laid out in (dim, batch, L) order, as the Mamba mixer's projections give it."""
     return x.transpose(0, 1).contiguous().transpose(0, 1)

@@ -877,13 +877,14 @@ def _version(text: str) -> tuple[int, ...]:
 
 # Triton 3.3 and later pass every parameter, constexprs included, to a compiled kernel's launcher
 _COMPILED_LAUNCH = _version(triton.__version__) >= (3, 3)
+# the release whose C launcher's arguments ``_Launcher`` passes itself: (grid, stream, function, cooperative grid,
+# programmatic dependent launch, global and profile scratch, metadata, launch metadata, two hooks, the kernel's)
+_C_LAUNCH_TRITON = (3, 6)
 
 
-def _launch_hooks_set() -> bool:
-    """Whether a profiler has hooked Triton's launches (a chain of hooks in Triton 3.6, a function or None in older
-    releases): those launches then go through the path that calls the hooks."""
-    hooks = (triton.knobs.runtime.launch_enter_hook, triton.knobs.runtime.launch_exit_hook)
-    return any(getattr(hook, "calls", hook) for hook in hooks)
+def _hooked(hook) -> bool:
+    """Whether a launch hook is set: a chain of hooks in Triton 3.6, a function or None in older releases."""
+    return bool(getattr(hook, "calls", hook))
 
 
 class _Launcher:
@@ -913,7 +914,23 @@ class _Launcher:
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.sizes = tuple(sizes)
         self.trailing = self.sizes + tuple(constants[name] for name in names)
-        self.compiled = None
+        self.compiled = self.launch = None
+
+    def _bind(self) -> None:
+        """At the second call: the launcher of the first call's binary, and what it takes before the kernel's
+        arguments. On Triton 3.6, where the kernel needs no scratch memory, that is its C launcher itself: Triton's
+        wrapper around it would only pass None for the scratch (0.6 us a launch on the development machine's CPU)."""
+        compiled = self.compiled
+        launcher = compiled.run
+        self.current_stream = triton.runtime.driver.active.get_current_stream
+        no_scratch = getattr(launcher, "global_scratch_size", 1) == getattr(launcher, "profile_scratch_size", 1) == 0
+        if _version(triton.__version__) == _C_LAUNCH_TRITON and no_scratch:
+            self.launch = launcher.launch
+            flags = (launcher.launch_cooperative_grid, launcher.launch_pdl)
+            self.leading = (compiled.function, *flags, None, None, compiled.packed_metadata, None, None, None)
+        else:
+            self.launch = launcher
+            self.leading = (compiled.function, compiled.packed_metadata, None, None, None)
 
     def __call__(self, *pointers: torch.Tensor | None) -> None:
         """Launch on the current stream with these tensors (or None for absent operands) as the pointer parameters."""
@@ -921,17 +938,18 @@ class _Launcher:
             compiled = self.kernel[self.grid](*pointers, *self.sizes, **self.constants, **self.options)
             self.compiled = compiled if _COMPILED_LAUNCH else None
             return
+        if self.launch is None:
+            self._bind()
         # addresses as ints spare the binary's launcher a driver call per tensor to check it (3-4 us per launch on
         # the GPU machine's host); the op has checked its tensors' device already
         args = [None if x is None else x.data_ptr() for x in pointers]
-        stream = triton.runtime.driver.active.get_current_stream(self.device)
-        compiled = self.compiled
-        if _launch_hooks_set():
-            compiled[self.grid](*args, *self.trailing, stream=stream)
+        stream = self.current_stream(self.device)
+        runtime = triton.knobs.runtime
+        if _hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook):
+            # a profiler's hooks, which the path through ``compiled[grid]`` calls
+            self.compiled[self.grid](*args, *self.trailing, stream=stream)
         else:  # what ``compiled[grid]`` does without hooks, less its per-call wrapping (about 8 us on the GPU machine)
-            compiled.run(
-                *self.grid, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *self.trailing
-            )
+            self.launch(*self.grid, stream, *self.leading, *args, *self.trailing)
 
 
 class _Layout(NamedTuple):
