@@ -6,6 +6,7 @@ gradients summed over batch and L (dA, dD, ddelta_bias) and over the channels of
 tolerance is scaled by the gradient's magnitude, since their size grows with the sizes summed over.
 """
 
+import contextvars
 import importlib.util
 import os
 import subprocess
@@ -316,6 +317,52 @@ def test_mamba_mixer_with_triton_scan():
     assert relative_error(out, ref) <= 1e-4
     for name, p in mixer.named_parameters():
         assert relative_error(grads[name], p.grad) <= 1e-3, name
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize("scratch", [0, 256])
+def test_launcher_passes_what_tritons_wrapper_would(scratch, monkeypatch):
+    """A launcher's later calls reach the binary's C launcher with the arguments Triton's own wrapper gives it: on
+    Triton 3.6 directly where the kernel needs no scratch memory, through the wrapper otherwise (here its scratch
+    allocator is a stub). The C launcher is replaced by a recorder; nothing runs on a GPU."""
+    import triton
+    from triton.backends.nvidia.driver import CudaLauncher
+
+    from monai_mamba_nets.ops import scan_triton
+
+    recorded = []
+    binary_launcher = object.__new__(CudaLauncher)  # its attributes as Triton 3.6 sets them from the metadata
+    binary_launcher.launch = lambda *args: recorded.append(args)
+    binary_launcher.num_ctas, binary_launcher.launch_cooperative_grid, binary_launcher.launch_pdl = 1, "grid", "pdl"
+    binary_launcher.global_scratch_size, binary_launcher.global_scratch_align = scratch, 16
+    binary_launcher.profile_scratch_size, binary_launcher.profile_scratch_align = 0, 1
+
+    class Binary:  # what a launcher uses of a CompiledKernel
+        run, function, packed_metadata = binary_launcher, 1234, ("metadata",)
+
+    class Driver:
+        def get_current_stream(self, device):
+            return 77
+
+    launcher = scan_triton._Launcher(
+        scan_triton._chunk_carry_kernel, (8,), 0, {}, (1, 2, 3), REVERSE=False, BLOCK_C=16, BLOCK_N=16
+    )
+    launcher.compiled = Binary()
+    pointers = (torch.empty(4), None, torch.empty(2), torch.empty(3), torch.empty(5))
+    addresses = [None if x is None else x.data_ptr() for x in pointers]
+
+    def launch_both_ways():
+        triton.set_allocator(lambda size, alignment, stream: "scratch")  # in this context only
+        launcher(*pointers)
+        # as ``binary[grid](...)`` calls Triton's wrapper without hooks: grid, stream, function, metadata, no launch
+        # metadata or hooks, then the kernel's arguments
+        binary_launcher(8, 1, 1, 77, 1234, ("metadata",), None, None, None, *addresses, 1, 2, 3, False, 16, 16)
+
+    monkeypatch.setattr(triton.runtime.driver, "_active", Driver())
+    contextvars.copy_context().run(launch_both_ways)
+    assert len(recorded) == 2 and recorded[0] == recorded[1], recorded
+    direct = scan_triton._version(triton.__version__) == scan_triton._C_LAUNCH_TRITON and not scratch
+    assert (launcher.launch == binary_launcher.launch) == direct
 
 
 def contiguous_plan(batch, dim, length, dstate, groups=1, fp32_matrices=True, element_bytes=4):
