@@ -361,7 +361,7 @@ def test_launcher_passes_what_tritons_wrapper_would(scratch, monkeypatch):
     monkeypatch.setattr(triton.runtime.driver, "_active", Driver())
     contextvars.copy_context().run(launch_both_ways)
     assert len(recorded) == 2 and recorded[0] == recorded[1], recorded
-    direct = scan_triton._version(triton.__version__) == scan_triton._C_LAUNCH_TRITON and not scratch
+    direct = scan_triton._DIRECT_C_LAUNCH and not scratch
     assert (launcher.launch == binary_launcher.launch) == direct
 
 

@@ -877,9 +877,9 @@ def _version(text: str) -> tuple[int, ...]:
 
 # Triton 3.3 and later pass every parameter, constexprs included, to a compiled kernel's launcher
 _COMPILED_LAUNCH = _version(triton.__version__) >= (3, 3)
-# the release whose C launcher's arguments ``_Launcher`` passes itself: (grid, stream, function, cooperative grid,
+# Triton 3.6, whose C launcher's arguments ``_Launcher`` passes itself: (grid, stream, function, cooperative grid,
 # programmatic dependent launch, global and profile scratch, metadata, launch metadata, two hooks, the kernel's)
-_C_LAUNCH_TRITON = (3, 6)
+_DIRECT_C_LAUNCH = _version(triton.__version__) == (3, 6)
 
 
 def _hooked(hook) -> bool:
@@ -914,7 +914,7 @@ class _Launcher:
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.sizes = tuple(sizes)
         self.trailing = self.sizes + tuple(constants[name] for name in names)
-        self.compiled = self.launch = None
+        self.compiled = self.launch = self.leading = self.current_stream = None
 
     def _bind(self) -> None:
         """At the second call: the launcher of the first call's binary, and what it takes before the kernel's
@@ -923,8 +923,7 @@ class _Launcher:
         compiled = self.compiled
         launcher = compiled.run
         self.current_stream = triton.runtime.driver.active.get_current_stream
-        no_scratch = getattr(launcher, "global_scratch_size", 1) == getattr(launcher, "profile_scratch_size", 1) == 0
-        if _version(triton.__version__) == _C_LAUNCH_TRITON and no_scratch:
+        if _DIRECT_C_LAUNCH and launcher.global_scratch_size == launcher.profile_scratch_size == 0:
             self.launch = launcher.launch
             flags = (launcher.launch_cooperative_grid, launcher.launch_pdl)
             self.leading = (compiled.function, *flags, None, None, compiled.packed_metadata, None, None, None)
