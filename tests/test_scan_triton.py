@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,29 @@ def test_gradients_are_deterministic(length):
 
 
 @gpu
+# whole-sequence programs; the whole-sequence forward; three forward launches and the backward's carry launch
+@pytest.mark.parametrize("length", [196, 512, 3000])
+def test_calls_with_addresses_give_what_the_first_call_gives(length, monkeypatch):
+    """A plan's first call passes its launchers tensors (they compile), later calls addresses: the outputs, last
+    states and gradients of both are bitwise equal, with autograd and without."""
+    from monai_mamba_nets.ops import scan_triton
+
+    monkeypatch.setattr(scan_triton, "_PLANS", {})
+    ops = scan_operands(2, 32, length, 16, device="cuda", seed=13)
+    grad_out = torch.randn(2, 32, length, device="cuda")
+    # the operands need no grad: the forward without autograd, whose path is the chunked forward's too
+    first, later = (selective_scan(**ops, delta_softplus=True, return_last_state=True) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, later))
+    (first, first_grads), (later, later_grads) = (
+        _run("triton", ops, grad_out, delta_softplus=True, return_last_state=True) for _ in range(2)
+    )
+    assert all(torch.equal(a, b) for a, b in zip(first, later))
+    assert all(torch.equal(first_grads[name], later_grads[name]) for name in first_grads)
+    (plan,) = scan_triton._PLANS.values()
+    assert plan.backward_path.takes_addresses() and plan.forward_paths[True].takes_addresses()
+
+
+@gpu
 @pytest.mark.parametrize("length", [2000, 196])  # chunked, whole-sequence
 def test_launch_hooks_see_every_launch(length, monkeypatch):
     """Where a profiler hooks Triton's launches, the plans' later calls go through the path that calls the hooks:
@@ -353,7 +377,7 @@ def test_launcher_passes_what_tritons_wrapper_would(scratch, monkeypatch):
 
     def launch_both_ways():
         triton.set_allocator(lambda size, alignment, stream: "scratch")  # in this context only
-        launcher(*pointers)
+        launcher(*addresses)  # as a plan's compiled path passes them
         # as ``binary[grid](...)`` calls Triton's wrapper without hooks: grid, stream, function, metadata, no launch
         # metadata or hooks, then the kernel's arguments
         binary_launcher(8, 1, 1, 77, 1234, ("metadata",), None, None, None, *addresses, 1, 2, 3, False, 16, 16)
@@ -363,6 +387,87 @@ def test_launcher_passes_what_tritons_wrapper_would(scratch, monkeypatch):
     assert len(recorded) == 2 and recorded[0] == recorded[1], recorded
     direct = scan_triton._DIRECT_C_LAUNCH and not scratch
     assert (launcher.launch == binary_launcher.launch) == direct
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2, 64, 200, 16),  # whole-sequence programs
+        (2, 256, 512, 16),  # the whole-sequence forward, chunks whose gradient programs fold the adjoint carry
+        (2, 128, 4096, 16),  # three forward launches, four backward, partial dB and dC
+        (2, 64, 2048, 16),  # dB and dC written in place by the gradient programs
+    ],
+)
+def test_plan_passes_the_same_pointers_as_addresses(shape, monkeypatch):
+    """Once a path's launchers have binaries, a plan passes them addresses: the same operands, outputs and workspace
+    regions, launch by launch, as the tensors it passes before (kernels replaced by recorders; nothing runs)."""
+    import triton
+
+    from monai_mamba_nets.ops import scan_triton
+
+    if not scan_triton._DIRECT_C_LAUNCH:
+        pytest.skip("the recorder stands in for Triton 3.6's C launcher")
+    batch, dim, length, dstate = shape
+    plan = contiguous_plan(batch, dim, length, dstate)
+    calls, buffers = [], []
+
+    class Driver:
+        def get_current_stream(self, device):
+            return 0
+
+    def binary(launcher):
+        run = types.SimpleNamespace(
+            global_scratch_size=0, profile_scratch_size=0, launch_cooperative_grid=False, launch_pdl=False
+        )
+        # the record: the kernel and its pointer arguments, which follow Triton 3.6's 13 leading ones
+        run.launch = lambda *args: calls.append((launcher.kernel, args[13 : len(args) - len(launcher.trailing)]))
+        return types.SimpleNamespace(run=run, function=0, packed_metadata=None)
+
+    monkeypatch.setattr(triton.runtime.driver, "_active", Driver())
+    for launcher in vars(plan).values():
+        for each in launcher.values() if isinstance(launcher, dict) else [launcher]:
+            if isinstance(each, scan_triton._Launcher):
+                each.compiled = binary(each)
+    allocate = scan_triton._Workspace.allocate
+    monkeypatch.setattr(scan_triton._Workspace, "allocate", lambda *a: buffers.append(allocate(*a)) or buffers[-1])
+    ops = scan_operands(batch, dim, length, dstate)
+    dout = torch.randn(batch, dim, length)
+
+    def labelled(addresses):
+        """Each launch's pointers as names: an operand's, an output's, or (buffer, byte offset) in a workspace."""
+        out, saved, _ = plan.forward(*ops.values(), False, True)
+        gradients = plan.backward(tuple(ops.values()), saved, dout)
+        named = {**ops, "dout": dout, "out": out}
+        named.update(zip(("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias"), gradients))
+        named.update({f"saved{index}": x for index, x in enumerate(saved)})
+        names = {x.data_ptr(): name for name, x in named.items() if x is not None}
+
+        def name(pointer):
+            if pointer is None:
+                return None
+            assert isinstance(pointer, int) == addresses, pointer
+            if isinstance(pointer, int):
+                address = pointer
+            else:  # where an empty region starts (its data_ptr() is 0)
+                address = pointer.untyped_storage().data_ptr() + pointer.storage_offset() * pointer.element_size()
+            for index, buffer in enumerate(buffers):
+                if buffer.data_ptr() <= address <= buffer.data_ptr() + buffer.nbytes:
+                    return index, address - buffer.data_ptr()
+            return names[address]
+
+        launches = [(kernel, [name(pointer) for pointer in pointers]) for kernel, pointers in calls]
+        calls.clear(), buffers.clear()
+        return launches
+
+    with monkeypatch.context() as before_binaries:
+        before_binaries.setattr(scan_triton._Path, "takes_addresses", lambda self: False)
+        as_tensors = labelled(addresses=False)
+    as_addresses = labelled(addresses=True)
+    # the paths name the launchers that the calls make: their binaries decide whether the calls pass addresses
+    path = (*plan.forward_paths[True].launchers, *plan.backward_path.launchers)
+    assert [kernel for kernel, _ in as_tensors] == [launcher.kernel for launcher in path]
+    assert as_addresses == as_tensors
 
 
 def contiguous_plan(batch, dim, length, dstate, groups=1, fp32_matrices=True, element_bytes=4):
@@ -394,7 +499,7 @@ def test_gradient_programs_fold_channel_blocks(shape, fp32_matrices, fold, parti
     batch, dim, length, dstate, groups = shape
     plan = contiguous_plan(batch, dim, length, dstate, groups, fp32_matrices)
     assert (plan.gradient.constants["FOLD"], plan.sums.sizes[-1], plan.direct_matrices) == (fold, partials, direct)
-    partial_matrices = plan.backward_workspace[1][-2:]
+    partial_matrices = plan.backward_workspace.sizes[-2:]
     assert partial_matrices == [0 if direct else batch * groups * partials * dstate * length] * 2
 
 
@@ -519,7 +624,7 @@ def test_short_chunked_sequences_take_the_whole_sequence_forward(shape, whole_fo
         return
     assert (plan.whole_forward.constants["CHUNK"], plan.whole_forward.sizes[6]) == (chunk, chunks)
     # no chunk end states (there is no summary launch); sums of dt, entry states and the final state
-    assert plan.forward_workspace[1] == [0, rows * chunks, rows * chunks * dstate, rows * dstate]
+    assert plan.forward_workspace.sizes == [0, rows * chunks, rows * chunks * dstate, rows * dstate]
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
@@ -556,10 +661,10 @@ def test_short_sequences_take_whole_sequence_programs(shape, whole, channels, wa
     assert (plan.sums.sizes[-1], plan.direct_matrices) == (partials, partials == 1)
     # no chunk regions: the final state forward; the partial gradients backward
     batch, dim, length, dstate, groups = shape
-    assert plan.forward_workspace[0] == batch * dim * dstate
+    assert plan.forward_workspace.total == batch * dim * dstate
     partial_matrices = 0 if partials == 1 else batch * groups * partials * dstate * length
     assert (
-        plan.backward_workspace[1]
+        plan.backward_workspace.sizes
         == [0] * 4 + [batch * dim * dstate, batch * dim, batch * dim] + [partial_matrices] * 2
     )
 

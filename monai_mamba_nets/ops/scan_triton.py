@@ -931,24 +931,23 @@ class _Launcher:
             self.launch = launcher
             self.leading = (compiled.function, compiled.packed_metadata, None, None, None)
 
-    def __call__(self, *pointers: torch.Tensor | None) -> None:
-        """Launch on the current stream with these tensors (or None for absent operands) as the pointer parameters."""
+    def __call__(self, *pointers: torch.Tensor | int | None) -> None:
+        """Launch on the current stream with these pointer parameters: tensors, or None for absent operands; once the
+        launcher has its binary, addresses too. Addresses spare the binary's launcher a driver call per tensor to
+        check it (3-4 us per launch on the GPU machine's host); the op has checked its tensors' device already."""
         if self.compiled is None:
             compiled = self.kernel[self.grid](*pointers, *self.sizes, **self.constants, **self.options)
             self.compiled = compiled if _COMPILED_LAUNCH else None
             return
         if self.launch is None:
             self._bind()
-        # addresses as ints spare the binary's launcher a driver call per tensor to check it (3-4 us per launch on
-        # the GPU machine's host); the op has checked its tensors' device already
-        args = [None if x is None else x.data_ptr() for x in pointers]
         stream = self.current_stream(self.device)
         runtime = triton.knobs.runtime
         if _hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook):
             # a profiler's hooks, which the path through ``compiled[grid]`` calls
-            self.compiled[self.grid](*args, *self.trailing, stream=stream)
+            self.compiled[self.grid](*pointers, *self.trailing, stream=stream)
         else:  # what ``compiled[grid]`` does without hooks, less its per-call wrapping (about 8 us on the GPU machine)
-            self.launch(*self.grid, stream, *self.leading, *args, *self.trailing)
+            self.launch(*self.grid, stream, *self.leading, *pointers, *self.trailing)
 
 
 class _Layout(NamedTuple):
@@ -1052,11 +1051,54 @@ def _chunk_length(rows: int, length: int) -> int:
     return chunk_spans * CHECKPOINT
 
 
-def _workspace(*sizes: int) -> tuple[int, list[int]]:
-    """(total, split sizes) of fp32 regions in one buffer, each rounded up to 16 bytes so every region stays
-    aligned like the buffer."""
-    split = [-(-size // 4) * 4 for size in sizes]
-    return sum(split), split
+class _Workspace(NamedTuple):
+    """fp32 regions of one buffer, each rounded up to 16 bytes so that every region stays aligned like the buffer:
+    ``total`` elements, the regions' ``sizes`` in elements and ``offsets`` in bytes."""
+
+    total: int
+    sizes: list[int]
+    offsets: list[int]
+
+    def allocate(self, device: torch.device) -> torch.Tensor:
+        return torch.empty(self.total, dtype=torch.float32, device=device)
+
+    def regions(self, buffer: torch.Tensor, addresses: bool) -> list:
+        """The regions of ``buffer``: their addresses, or views where a launch may still compile (it needs tensors).
+        Addresses cost the host a few additions; views, 3-5 us."""
+        if addresses:
+            base = buffer.data_ptr()
+            return [base + offset for offset in self.offsets]
+        return list(buffer.split_with_sizes(self.sizes))
+
+    def region(self, buffer: torch.Tensor, index: int) -> torch.Tensor:
+        return buffer.narrow(0, self.offsets[index] // 4, self.sizes[index])
+
+
+def _workspace(*sizes: int) -> _Workspace:
+    rounded = [-(-size // 4) * 4 for size in sizes]
+    offsets = [4 * sum(rounded[:index]) for index in range(len(rounded))]
+    return _Workspace(sum(rounded), rounded, offsets)
+
+
+class _Path:
+    """The launchers that one kind of a plan's calls makes (its forward, with or without the backward's needs, or
+    its backward). Once each has its binary, those calls pass the launchers addresses: a tensor would cost the
+    binary's launcher a driver call to check it, and a workspace's regions need no views."""
+
+    def __init__(self, *launchers: _Launcher):
+        self.launchers, self.compiled = launchers, False
+
+    def takes_addresses(self) -> bool:
+        if not self.compiled:
+            self.compiled = all(launcher.compiled is not None for launcher in self.launchers)
+        return self.compiled
+
+
+def _pointers(addresses: bool, *tensors: torch.Tensor | None) -> tuple:
+    """``tensors`` as a path's launchers take them (``_Path``): their addresses, or themselves."""
+    if addresses:
+        return tuple(None if x is None else x.data_ptr() for x in tensors)
+    return tensors
 
 
 def _contiguous_like(x: torch.Tensor) -> torch.Tensor:
@@ -1134,6 +1176,23 @@ class _Plan:
         self.backward_workspace = _workspace(
             *backward_regions, states, per_chunk, per_chunk, partial_matrix, partial_matrix
         )
+        self.forward_paths, self.backward_path = self._paths(has_z)
+
+    def _paths(self, has_z: bool) -> tuple[dict[bool, _Path], _Path]:
+        """The forward's paths, for calls that are differentiable or not, and the backward's."""
+        if self.whole_sequence:
+            inference = _Path(self.whole_inference)
+            differentiable = _Path(self.whole_forward) if has_z else inference
+            return {False: inference, True: differentiable}, _Path(self.whole_backward, self.sums)
+        if self.whole_forward is not None:
+            forward = _Path(self.whole_forward)
+        elif self.single_chunk:
+            forward = _Path(self.forward_output)
+        else:
+            forward = _Path(self.forward_summary, self.carry[False], self.forward_output)
+        carry = () if self.inline_carry else (self.carry[True],)
+        backward = _Path(self.backward_summary, *carry, self.gradient, self.sums)
+        return {False: forward, True: forward}, backward
 
     def _whole_sequence(self, batch, dim, length, dstate, groups, device, strides, flags):
         """The whole-sequence launchers: the forward (saving y before the gate where there is z), the forward
@@ -1223,60 +1282,71 @@ class _Plan:
 
     def forward(self, u, delta, A, B, C, D, z, bias, return_last_state, differentiable):
         """(out, what the backward needs besides the operands, last state or None). The chunked backward needs the
-        chunks' sums of dt and entry states; the whole-sequence one y before the gate, where there is z, which is
-        stored only where the call is ``differentiable``."""
-        total, split = self.forward_workspace
-        state, dtsum, entry, final = torch.empty(total, dtype=torch.float32, device=u.device).split_with_sizes(split)
+        chunks' sums of dt and entry states, kept in the forward's workspace; the whole-sequence one y before the
+        gate, where there is z, which is stored only where the call is ``differentiable``."""
+        addresses = self.forward_paths[differentiable].takes_addresses()
+        workspace = self.forward_workspace.allocate(u.device)
+        state, dtsum, entry, final = self.forward_workspace.regions(workspace, addresses)
         out = _empty_sequence(u, self.channel_major)
+        pre_gate = None
+        if self.whole_sequence and differentiable and z is not None:
+            pre_gate = _empty_sequence(u, self.channel_major)
+        # the launchers' pointers: addresses once the path has its binaries (``_Path``)
+        u, delta, A, B, C, D, z, bias, out_ptr, pre_gate_ptr = _pointers(
+            addresses, u, delta, A, B, C, D, z, bias, out, pre_gate
+        )
         if self.whole_sequence:
-            if differentiable and z is not None:
-                pre_gate = _empty_sequence(u, self.channel_major)
-                self.whole_forward(u, delta, A, B, C, D, z, bias, dtsum, entry, final, pre_gate, out)
-                saved = (pre_gate,)
-            else:
-                self.whole_inference(u, delta, A, B, C, D, z, bias, dtsum, entry, final, None, out)
-                saved = ()
+            launcher = self.whole_inference if pre_gate is None else self.whole_forward
+            launcher(u, delta, A, B, C, D, z, bias, dtsum, entry, final, pre_gate_ptr, out_ptr)
+            saved = () if pre_gate is None else (pre_gate,)
         else:
             if self.whole_forward is not None:
-                self.whole_forward(u, delta, A, B, C, D, z, bias, dtsum, entry, final, None, out)
+                self.whole_forward(u, delta, A, B, C, D, z, bias, dtsum, entry, final, None, out_ptr)
             else:
                 if not self.single_chunk:
                     self.forward_summary(u, delta, A, B, bias, state, dtsum)
                     self.carry[False](A, dtsum, state, entry, final)
-                self.forward_output(u, delta, A, B, C, D, z, bias, entry, final, out)
-            saved = (dtsum, entry)
+                self.forward_output(u, delta, A, B, C, D, z, bias, entry, final, out_ptr)
+            saved = (workspace,)
         if not return_last_state:
             return out, saved, None
         batch, dim, _ = self.shape
-        return out, saved, final[: batch * dim * self.dstate].view(batch, dim, self.dstate)
+        last_state = self.forward_workspace.region(workspace, 3)[: batch * dim * self.dstate]
+        return out, saved, last_state.view(batch, dim, self.dstate)
 
     def backward(self, operands, saved, dout):
         """Gradients of u, delta, A, B, C, D, z and delta_bias (None for absent operands) from the operands and what
         ``forward`` saved."""
         u, delta, A, B, C, D, z, bias = operands
-        total, split = self.backward_workspace
-        regions = torch.empty(total, dtype=torch.float32, device=u.device).split_with_sizes(split)
+        addresses = self.backward_path.takes_addresses()
+        workspace = self.backward_workspace.allocate(u.device)
+        regions = self.backward_workspace.regions(workspace, addresses)
         checkpoints, adjoint, incoming, first_adjoint, dA_part, dD_part, dbias_part, dB_part, dC_part = regions
         du, ddelta = (_empty_sequence(x, self.channel_major) for x in (u, delta))
         dz = None if z is None else _empty_sequence(z, self.channel_major)
         dA, dB, dC = (_contiguous_like(x) for x in (A, B, C))
         dD, dbias = (None if x is None else _contiguous_like(x) for x in (D, bias))
+        gradients = du, ddelta, dA, dB, dC, dD, dz, dbias
+        # the launchers' pointers: addresses once the path has its binaries (``_Path``)
+        operands, (du, ddelta, dA, dB, dC, dD, dz, dbias), (dout,) = (
+            _pointers(addresses, *tensors) for tensors in (operands, gradients, (dout,))
+        )
         if self.direct_matrices:
             dB_part, dC_part = dB, dC
-        gradients = (du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part)
+        partials = (du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part)
         if self.whole_sequence:
-            pre_gate = saved[0] if saved else None
-            self.whole_backward(*operands, pre_gate, dout, *gradients)
+            (pre_gate,) = _pointers(addresses, saved[0] if saved else None)
+            self.whole_backward(*operands, pre_gate, dout, *partials)
         else:
-            dtsum, entry = saved
+            _, dtsum, entry, _ = self.forward_workspace.regions(saved[0], addresses)
             self.backward_summary(*operands, entry, dout, checkpoints, adjoint)
             if self.inline_carry:
                 incoming = adjoint  # the gradient programs fold the adjoint summaries themselves
             else:
-                self.carry[True](A, dtsum, adjoint, incoming, first_adjoint)
-            self.gradient(*operands, checkpoints, incoming, dtsum, dout, *gradients)
+                self.carry[True](operands[2], dtsum, adjoint, incoming, first_adjoint)
+            self.gradient(*operands, checkpoints, incoming, dtsum, dout, *partials)
         self.sums(dA_part, dD_part, dbias_part, dB_part, dC_part, dA, dD, dbias, dB, dC)
-        return du, ddelta, dA, dB, dC, dD, dz, dbias
+        return gradients
 
 
 # plans by the layout of the operands a call receives (``_operand_key``): a later call with the same layout finds its
