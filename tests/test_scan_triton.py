@@ -113,7 +113,7 @@ def test_bfloat16_inputs(length):
 @pytest.mark.parametrize("length", [2000, 517, 196])  # chunked, whole-sequence forward, whole-sequence
 def test_inference_runs_without_autograd(length):
     """Under no_grad, or where no operand requires grad, the kernels run without an autograd Function: the same
-    output and last state, and no graph."""
+    output and last state (these chunks are too short for an inference plan to lengthen), and no graph."""
     ops = scan_operands(2, 16, length, 16, groups=2, device="cuda", seed=8)
     leaves = {k: v.clone().requires_grad_() for k, v in ops.items()}
     trained = selective_scan(**leaves, backend="triton", delta_softplus=True, return_last_state=True)
@@ -124,6 +124,22 @@ def test_inference_runs_without_autograd(length):
     for out, last in (inferred, constant):
         assert out.grad_fn is None
         assert torch.equal(out, trained[0].detach()) and torch.equal(last, trained[1])
+
+
+@gpu
+def test_inference_takes_longer_chunks_within_rounding():
+    """At (2, 64, 32768) a call with no backward walks 128-step chunks where the Gluon walks run, a differentiable
+    one the backward's 64: outputs and last states agree within rounding."""
+    from monai_mamba_nets.ops import scan_triton
+
+    ops = scan_operands(2, 64, 32768, 16, device="cuda", seed=14)
+    leaves = {k: v.clone().requires_grad_() for k, v in ops.items()}
+    trained = selective_scan(**leaves, backend="triton", delta_softplus=True, return_last_state=True)
+    inferred = selective_scan(**ops, backend="triton", delta_softplus=True, return_last_state=True)
+    assert relative_error(inferred[0], trained[0]) <= 1e-5 and relative_error(inferred[1], trained[1]) <= 1e-5
+    plans = [plan for plan in scan_triton._PLANS.values() if plan.shape == (2, 64, 32768)]
+    chunks = {plan.differentiable: plan.forward_output.constants["CHUNK"] for plan in plans}
+    assert chunks == {True: 64, False: 128 if plans[0].gluon_walks else 64}
 
 
 @gpu
@@ -198,7 +214,7 @@ def test_calls_with_addresses_give_what_the_first_call_gives(length, monkeypatch
     monkeypatch.setattr(scan_triton, "_PLANS", {})
     ops = scan_operands(2, 32, length, 16, device="cuda", seed=13)
     grad_out = torch.randn(2, 32, length, device="cuda")
-    # the operands need no grad: the forward without autograd, whose path is the chunked forward's too
+    # the operands need no grad: the forward without autograd, on a plan of its own
     first, later = (selective_scan(**ops, delta_softplus=True, return_last_state=True) for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first, later))
     (first, first_grads), (later, later_grads) = (
@@ -206,8 +222,9 @@ def test_calls_with_addresses_give_what_the_first_call_gives(length, monkeypatch
     )
     assert all(torch.equal(a, b) for a, b in zip(first, later))
     assert all(torch.equal(first_grads[name], later_grads[name]) for name in first_grads)
-    (plan,) = scan_triton._PLANS.values()
-    assert plan.backward_path.takes_addresses() and plan.forward_paths[True].takes_addresses()
+    plans = {plan.differentiable: plan for plan in scan_triton._PLANS.values()}
+    assert plans[False].forward_paths[False].takes_addresses()
+    assert plans[True].forward_paths[True].takes_addresses() and plans[True].backward_path.takes_addresses()
 
 
 @gpu
@@ -470,7 +487,7 @@ def test_plan_passes_the_same_pointers_as_addresses(shape, monkeypatch):
     assert as_addresses == as_tensors
 
 
-def contiguous_plan(batch, dim, length, dstate, groups=1, fp32_matrices=True, element_bytes=4):
+def contiguous_plan(batch, dim, length, dstate, groups=1, fp32_matrices=True, element_bytes=4, differentiable=True):
     """The Triton plan (built on the CPU for an H100, nothing launched) for contiguous operands with z, D and
     delta_bias; u, z, B and C of ``element_bytes`` at the narrowest."""
     from monai_mamba_nets.ops import scan_triton
@@ -478,8 +495,40 @@ def contiguous_plan(batch, dim, length, dstate, groups=1, fp32_matrices=True, el
     matrix = groups * dstate * length
     contiguous = scan_triton._Strides(*[dim * length] * 3, length, dim * length, matrix, length, matrix, length)
     return scan_triton._Plan(
-        batch, dim, length, dstate, groups, None, True, True, True, True, fp32_matrices, element_bytes, contiguous
+        batch, dim, length, dstate, groups, None, True, True, True, True, fp32_matrices, element_bytes, contiguous,
+        differentiable,
     )  # fmt: skip
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize(
+    "shape, chunk, inference_chunk",
+    [
+        ((2, 64, 32768, 16), 64, 128),
+        ((16, 64, 16384, 16), 256, 512),
+        ((4, 192, 3136, 16), 64, 64),  # 8 states per thread either way (chosen at the backward's chunks)
+        ((2, 128, 4096, 16), 32, 32),  # the shortest chunks either way
+        ((2, 256, 512, 16), 32, 32),  # the whole-sequence forward: its entry states are the backward's
+    ],
+)
+@pytest.mark.parametrize("gluon", [True, False])
+def test_inference_plans_take_longer_forward_chunks(shape, chunk, inference_chunk, gluon, monkeypatch):
+    """A plan for calls with no backward chunks its forward for INFERENCE_FORWARD_THREADS where the Gluon walks run
+    it, with the layout that the backward's chunks choose; elsewhere its chunks are the backward's."""
+    import triton
+
+    from monai_mamba_nets.ops import scan_triton
+
+    if gluon and scan_triton._version(triton.__version__) != scan_triton.GLUON_TRITON:
+        pytest.skip("the Gluon walks are taken on Triton 3.6 only")
+    if not gluon:
+        monkeypatch.setattr(scan_triton, "_gluon_walks", lambda *args: False)
+    training, inference = (contiguous_plan(*shape, differentiable=flag) for flag in (True, False))
+    forward = "whole_forward" if training.whole_forward is not None else "forward_output"
+    chunks = [getattr(plan, forward).constants["CHUNK"] for plan in (training, inference)]
+    assert chunks == [chunk, inference_chunk if gluon else chunk]
+    layouts = [getattr(plan, forward).constants.get("NP") for plan in (training, inference)]
+    assert layouts[0] == layouts[1]
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
@@ -518,7 +567,7 @@ def test_chunks_pad_the_sequence_least(rows, length, chunk):
     """Every chunk is walked whole, padding included: chunks are cut to pad the sequence least."""
     from monai_mamba_nets.ops import scan_triton
 
-    assert scan_triton._chunk_length(rows, length) == chunk
+    assert scan_triton._chunk_length(rows, length, scan_triton.FORWARD_THREADS) == chunk
     assert chunk % scan_triton.CHECKPOINT == 0
 
 
@@ -772,7 +821,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         scan_triton.WHOLE_BACKWARD_PROGRAMS_PER_SM = 0 if whole_fold else 16
         scan_triton.WHOLE_SEQUENCE_STEPS = 256 if path == "whole" else 0
         scan_triton.WHOLE_FORWARD_STEPS = 0 if path == "chunked" else 256
-        scan_triton._PLANS.clear()  # plans are keyed by the operands alone: build this case's with these constants
+        scan_triton._PLANS.clear()  # plans are keyed by the call and the operands: build this case's with these constants
         ops = scan_operands(**case, seed=case["length"])
         # in the operands' dtype, so that the float64 reference differentiates the same bf16 values; seeded, like them
         gradient_seed = torch.Generator().manual_seed(case["length"] + 1)
@@ -795,7 +844,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         errors = {"out": relative_error(out, ref), "last": relative_error(last, ref_last)}
         errors.update({"d" + k: relative_error(grads[k], ref_grads[k]) for k in ops})
         assert max(errors.values()) <= bound, (case, errors)
-        (plan,) = scan_triton._PLANS.values()
+        (plan,) = [plan for plan in scan_triton._PLANS.values() if plan.differentiable]
         assert plan.whole_sequence == (path == "whole")
         assert (plan.whole_forward is None) == (path == "chunked")
         if path == "whole":
