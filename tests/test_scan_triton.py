@@ -821,7 +821,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         scan_triton.WHOLE_BACKWARD_PROGRAMS_PER_SM = 0 if whole_fold else 16
         scan_triton.WHOLE_SEQUENCE_STEPS = 256 if path == "whole" else 0
         scan_triton.WHOLE_FORWARD_STEPS = 0 if path == "chunked" else 256
-        scan_triton._PLANS.clear()  # plans are keyed by the call and the operands: build this case's with these constants
+        scan_triton._PLANS.clear()  # plans are keyed by call and operands: build this case's with these constants
         ops = scan_operands(**case, seed=case["length"])
         # in the operands' dtype, so that the float64 reference differentiates the same bf16 values; seeded, like them
         gradient_seed = torch.Generator().manual_seed(case["length"] + 1)

@@ -1147,8 +1147,8 @@ class _Plan:
     ):  # fmt: skip
         rows = batch * dim
         self.shape, self.dstate = (batch, dim, length), dstate
-        # a plan for calls that leave nothing for a backward may chunk its forward otherwise (INFERENCE_FORWARD_THREADS);
-        # its backward launchers are then never launched, and so never compiled
+        # a plan for calls that leave nothing for a backward may chunk its forward otherwise
+        # (INFERENCE_FORWARD_THREADS); its backward launchers are then never launched, and so never compiled
         self.differentiable = differentiable
         # sequences and their gradients in (dim, batch, L) order, as the Mamba mixer's projections give them
         self.channel_major = strides.out_batch != dim * length
