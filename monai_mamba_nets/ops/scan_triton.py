@@ -60,8 +60,10 @@ its pointers to its batch entry once; steps are always adjacent in memory.
 
 Host side. Launching through ``kernel[grid]`` costs more host time than the kernels take on short sequences, so
 the first call with a configuration of the operands (shapes, dtypes, strides) builds a ``_Plan`` (chunking,
-layouts, workspace sizes, one ``_Launcher`` per kernel) and later calls launch the compiled kernels directly. Plans
-are found by the layout of the operands as a call receives them, so a later call does not examine its operands again.
+layouts, workspace sizes, one ``_Launcher`` per kernel) and later calls launch the compiled kernels directly,
+passing addresses rather than tensors. Plans are found by the layout of the operands as a call receives them, so a
+later call does not examine its operands again, and by whether the call is differentiable: a forward that leaves
+nothing for a backward may walk longer chunks than the backward's (``INFERENCE_FORWARD_THREADS``).
 """
 
 from __future__ import annotations
@@ -1135,7 +1137,7 @@ class _Plan:
     """Everything fixed for one configuration of the operands: chunking, layouts, workspace regions and launchers.
 
     Built at the first call with a configuration and reused: later calls allocate their workspace and outputs and
-    make their launches, and no other host work. Sequences of at most WHOLE_SEQUENCE_STEPS steps are not chunked:
+    make their launches (``_Path``), and no other host work. Sequences of at most WHOLE_SEQUENCE_STEPS steps are not chunked:
     a program takes its channels over the whole sequence (one launch forward, two backward); longer ones take
     three launches (one for a single chunk, or the whole-sequence forward where ``_takes_whole_forward``) forward
     and three or four backward.
