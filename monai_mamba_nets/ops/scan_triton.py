@@ -1137,8 +1137,8 @@ class _Plan:
     """Everything fixed for one configuration of the operands: chunking, layouts, workspace regions and launchers.
 
     Built at the first call with a configuration and reused: later calls allocate their workspace and outputs and
-    make their launches (``_Path``), and no other host work. Sequences of at most WHOLE_SEQUENCE_STEPS steps are not chunked:
-    a program takes its channels over the whole sequence (one launch forward, two backward); longer ones take
+    make their launches (``_Path``), and no other host work. Sequences of at most WHOLE_SEQUENCE_STEPS steps are not
+    chunked: a program takes its channels over the whole sequence (one launch forward, two backward); longer ones take
     three launches (one for a single chunk, or the whole-sequence forward where ``_takes_whole_forward``) forward
     and three or four backward.
     """
@@ -1187,35 +1187,29 @@ class _Plan:
         self.backward_workspace = _workspace(
             *backward_regions, states, per_chunk, per_chunk, partial_matrix, partial_matrix
         )
-        self.forward_paths, self.backward_path = self._paths(has_z)
+        self.forward_path, self.backward_path = self._paths()
 
-    def _paths(self, has_z: bool) -> tuple[dict[bool, _Path], _Path]:
-        """The forward's paths, for calls that are differentiable or not, and the backward's."""
-        if self.whole_sequence:
-            inference = _Path(self.whole_inference)
-            differentiable = _Path(self.whole_forward) if has_z else inference
-            return {False: inference, True: differentiable}, _Path(self.whole_backward, self.sums)
+    def _paths(self) -> tuple[_Path, _Path]:
+        """The launchers of the forward and of the backward."""
         if self.whole_forward is not None:
             forward = _Path(self.whole_forward)
         elif self.single_chunk:
             forward = _Path(self.forward_output)
         else:
             forward = _Path(self.forward_summary, self.carry[False], self.forward_output)
+        if self.whole_sequence:
+            return forward, _Path(self.whole_backward, self.sums)
         carry = () if self.inline_carry else (self.carry[True],)
-        backward = _Path(self.backward_summary, *carry, self.gradient, self.sums)
-        return {False: forward, True: forward}, backward
+        return forward, _Path(self.backward_summary, *carry, self.gradient, self.sums)
 
     def _whole_sequence(self, batch, dim, length, dstate, groups, device, strides, flags):
-        """The whole-sequence launchers: the forward (saving y before the gate where there is z), the forward
-        without the backward and the backward. Returns what ``_chunked`` does, for one chunk that needs no
-        regions."""
-        self.whole_forward, self.whole_inference = (
-            _whole_sequence_launcher(
-                _whole_forward_kernel, batch, dim, length, dstate, groups, device, strides, flags, chunks=1, CHUNK=0,
-                PRE_GATE=pre_gate,
-            )  # fmt: skip
-            for pre_gate in (flags["HAS_Z"], False)
-        )
+        """The whole-sequence launchers: the forward, which saves y before the gate for the backward where there is
+        z and the plan is ``differentiable``, and the backward. Returns what ``_chunked`` does, for one chunk that
+        needs no regions."""
+        self.whole_forward = _whole_sequence_launcher(
+            _whole_forward_kernel, batch, dim, length, dstate, groups, device, strides, flags, chunks=1, CHUNK=0,
+            PRE_GATE=self.differentiable and flags["HAS_Z"],
+        )  # fmt: skip
         self.whole_backward = _whole_sequence_launcher(
             _whole_backward_kernel, batch, dim, length, dstate, groups, device, strides, flags, fold=True
         )
@@ -1295,33 +1289,31 @@ class _Plan:
         backward_regions = (rows * spans * dstate, states, incoming, first_adjoint)
         return chunks, gradient.blocks // fold, forward_regions, backward_regions
 
-    def forward(self, u, delta, A, B, C, D, z, bias, return_last_state, differentiable):
+    def forward(self, u, delta, A, B, C, D, z, bias, return_last_state):
         """(out, what the backward needs besides the operands, last state or None). The chunked backward needs the
         chunks' sums of dt and entry states, kept in the forward's workspace; the whole-sequence one y before the
-        gate, where there is z, which is stored only where the call is ``differentiable``."""
-        addresses = self.forward_paths[differentiable].takes_addresses()
+        gate, where there is z, which only a ``differentiable`` plan stores."""
+        addresses = self.forward_path.takes_addresses()
         workspace = self.forward_workspace.allocate(u.device)
         state, dtsum, entry, final = self.forward_workspace.regions(workspace, addresses)
         out = _empty_sequence(u, self.channel_major)
         pre_gate = None
-        if self.whole_sequence and differentiable and z is not None:
+        if self.whole_sequence and self.whole_forward.constants["PRE_GATE"]:
             pre_gate = _empty_sequence(u, self.channel_major)
         # the launchers' pointers: addresses once the path has its binaries (``_Path``)
         u, delta, A, B, C, D, z, bias, out_ptr, pre_gate_ptr = _pointers(
             addresses, u, delta, A, B, C, D, z, bias, out, pre_gate
         )
+        if self.whole_forward is not None:
+            self.whole_forward(u, delta, A, B, C, D, z, bias, dtsum, entry, final, pre_gate_ptr, out_ptr)
+        else:
+            if not self.single_chunk:
+                self.forward_summary(u, delta, A, B, bias, state, dtsum)
+                self.carry[False](A, dtsum, state, entry, final)
+            self.forward_output(u, delta, A, B, C, D, z, bias, entry, final, out_ptr)
         if self.whole_sequence:
-            launcher = self.whole_inference if pre_gate is None else self.whole_forward
-            launcher(u, delta, A, B, C, D, z, bias, dtsum, entry, final, pre_gate_ptr, out_ptr)
             saved = () if pre_gate is None else (pre_gate,)
         else:
-            if self.whole_forward is not None:
-                self.whole_forward(u, delta, A, B, C, D, z, bias, dtsum, entry, final, None, out_ptr)
-            else:
-                if not self.single_chunk:
-                    self.forward_summary(u, delta, A, B, bias, state, dtsum)
-                    self.carry[False](A, dtsum, state, entry, final)
-                self.forward_output(u, delta, A, B, C, D, z, bias, entry, final, out_ptr)
             saved = (workspace,)
         if not return_last_state:
             return out, saved, None
@@ -1480,7 +1472,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_st
     elif plan.copies_operands:
         operands, _ = _prepared(*operands)
     with _on_device(u):
-        out, saved, last_state = plan.forward(*operands, return_last_state, differentiable)
+        out, saved, last_state = plan.forward(*operands, return_last_state)
     return plan, operands, out, saved, last_state
 
 
