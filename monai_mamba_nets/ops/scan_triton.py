@@ -1334,7 +1334,8 @@ class _Plan:
         dA, dB, dC = (_contiguous_like(x) for x in (A, B, C))
         dD, dbias = (None if x is None else _contiguous_like(x) for x in (D, bias))
         gradients = du, ddelta, dA, dB, dC, dD, dz, dbias
-        # the launchers' pointers: addresses once the path has its binaries (``_Path``)
+        # from here on the names hold the launchers' pointers, addresses once the path has its binaries (``_Path``);
+        # ``gradients`` keeps the tensors
         operands, (du, ddelta, dA, dB, dC, dD, dz, dbias), (dout,) = (
             _pointers(addresses, *tensors) for tensors in (operands, gradients, (dout,))
         )
