@@ -1089,9 +1089,9 @@ def _workspace(*sizes: int) -> _Workspace:
 
 
 class _Path:
-    """The launchers that one kind of a plan's calls makes (its forward, with or without the backward's needs, or
-    its backward). Once each has its binary, those calls pass the launchers addresses: a tensor would cost the
-    binary's launcher a driver call to check it, and a workspace's regions need no views."""
+    """The launchers that a plan's forward, or its backward, makes. Once each has its binary, those calls pass the
+    launchers addresses: a tensor would cost the binary's launcher a driver call to check it, and a workspace's
+    regions need no views."""
 
     def __init__(self, *launchers: _Launcher):
         self.launchers, self.compiled = launchers, False
