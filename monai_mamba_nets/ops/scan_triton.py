@@ -1223,7 +1223,8 @@ class _Plan:
         chunk = _chunk_length(rows, length, FORWARD_THREADS)
         # the forward's threads at the backward's chunks choose its layout, for inference too
         backward_chunk_threads = rows * triton.cdiv(length, chunk)
-        if not self.differentiable and self.gluon_walks and not _takes_whole_forward(rows, length, dstate):
+        whole_forward = _takes_whole_forward(rows, length, dstate)
+        if not self.differentiable and self.gluon_walks and not whole_forward:
             chunk = _chunk_length(rows, length, INFERENCE_FORWARD_THREADS)
         chunks = triton.cdiv(length, chunk)
         spans = chunks * (chunk // CHECKPOINT)
@@ -1239,7 +1240,7 @@ class _Plan:
 
         # a sequence of one chunk needs no summary or carry: the output kernel starts it from zero
         self.single_chunk = chunks == 1
-        if _takes_whole_forward(rows, length, dstate):
+        if whole_forward:
             self.gluon_walks = False
             self.whole_forward = _whole_sequence_launcher(
                 _whole_forward_kernel, batch, dim, length, dstate, groups, device, strides, flags, chunks=chunks,
@@ -1318,7 +1319,8 @@ class _Plan:
         if not return_last_state:
             return out, saved, None
         batch, dim, _ = self.shape
-        last_state = self.forward_workspace.region(workspace, 3)[: batch * dim * self.dstate]
+        # the final states: the workspace's last region
+        last_state = self.forward_workspace.region(workspace, -1)[: batch * dim * self.dstate]
         return out, saved, last_state.view(batch, dim, self.dstate)
 
     def backward(self, operands, saved, dout):
