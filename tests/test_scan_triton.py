@@ -228,6 +228,32 @@ def test_calls_with_addresses_give_what_the_first_call_gives(length, monkeypatch
 
 
 @gpu
+def test_dependent_launches_give_what_separate_launches_give(monkeypatch):
+    """Where an inference plan's carry and output kernels start before the kernel ahead of them ends (sm_90), they
+    wait for its results: 10 calls and 10 replays of a CUDA graph, at 256 chunks per row, are bitwise equal to the
+    same kernels launched one after another."""
+    from monai_mamba_nets.ops import scan_triton
+
+    ops = scan_operands(2, 64, 32768, 16, device="cuda", seed=15)
+    results = {}
+    for dependent in (False, True):
+        monkeypatch.setattr(scan_triton, "_PLANS", {})
+        monkeypatch.setattr(scan_triton, "_dependent_launch", lambda device, dependent=dependent: dependent)
+        results[dependent] = [selective_scan(**ops, delta_softplus=True, return_last_state=True) for _ in range(10)]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # the plan's kernels compiled at its first call above
+            captured = selective_scan(**ops, delta_softplus=True, return_last_state=True)
+        for _ in range(10):
+            graph.replay()
+            results[dependent].append(tuple(x.clone() for x in captured))
+        (plan,) = scan_triton._PLANS.values()
+        assert plan.dependent_launch == (dependent and plan.gluon_walks)
+    expected = results[False][0]
+    for out, last in results[False] + results[True]:
+        assert torch.equal(out, expected[0]) and torch.equal(last, expected[1])
+
+
+@gpu
 @pytest.mark.parametrize("length", [2000, 196])  # chunked, whole-sequence
 def test_launch_hooks_see_every_launch(length, monkeypatch):
     """Where a profiler hooks Triton's launches, the plans' later calls go through the path that calls the hooks:
@@ -387,7 +413,7 @@ def test_launcher_passes_what_tritons_wrapper_would(scratch, monkeypatch):
             return 77
 
     launcher = scan_triton._Launcher(
-        scan_triton._chunk_carry_kernel, (8,), 0, {}, (1, 2, 3), REVERSE=False, BLOCK_C=16, BLOCK_N=16
+        scan_triton._chunk_carry_kernel, (8,), 0, {}, (1, 2, 3), REVERSE=False, BLOCK_C=16, BLOCK_N=16, DEPENDENT=False
     )
     launcher.compiled = Binary()
     pointers = (torch.empty(4), None, torch.empty(2), torch.empty(3), torch.empty(5))
@@ -398,7 +424,7 @@ def test_launcher_passes_what_tritons_wrapper_would(scratch, monkeypatch):
         launcher(*addresses)  # as a plan's compiled path passes them
         # as ``binary[grid](...)`` calls Triton's wrapper without hooks: grid, stream, function, metadata, no launch
         # metadata or hooks, then the kernel's arguments
-        binary_launcher(8, 1, 1, 77, 1234, ("metadata",), None, None, None, *addresses, 1, 2, 3, False, 16, 16)
+        binary_launcher(8, 1, 1, 77, 1234, ("metadata",), None, None, None, *addresses, 1, 2, 3, False, 16, 16, False)
 
     monkeypatch.setattr(triton.runtime.driver, "_active", Driver())
     contextvars.copy_context().run(launch_both_ways)
@@ -624,6 +650,41 @@ def test_chunked_forward_walks_run_in_gluon_where_they_can(shape, element_bytes,
         assert (kernels == expected) == gluon
         for launcher in (plan.forward_summary, plan.forward_output):
             assert launcher.constants.get("EXACT") == exact
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize(
+    "shape, element_bytes, sm90, differentiable, dependent",
+    [
+        ((2, 64, 32768, 16), 4, True, False, True),
+        ((2, 64, 32768, 16), 4, True, True, False),  # a plan for calls with a backward
+        ((2, 64, 32768, 16), 4, False, False, False),  # an sm_80 GPU: Gluon walks, no programmatic dependent launch
+        ((2, 64, 4100, 16), 2, True, False, False),  # the Triton walks
+        ((32, 3072, 784, 16), 4, True, False, False),  # one chunk: the output launch alone
+        ((2, 256, 512, 16), 4, True, False, False),  # the whole-sequence forward
+    ],
+)
+def test_inference_forward_launches_its_carry_and_output_as_dependents(
+    shape, element_bytes, sm90, differentiable, dependent, monkeypatch
+):
+    """On sm_90 an inference plan's chunked Gluon forward launches its carry and output kernels as dependents
+    (launch_pdl), and its kernels signal and wait for each other (DEPENDENT); no other launch is a dependent one."""
+    import triton
+
+    from monai_mamba_nets.ops import scan_triton
+
+    if scan_triton._version(triton.__version__) != scan_triton.GLUON_TRITON:
+        pytest.skip("the Gluon walks are taken on Triton 3.6 only")
+    monkeypatch.setattr(scan_triton, "_dependent_launch", lambda device: sm90)
+    plan = contiguous_plan(*shape, element_bytes=element_bytes, differentiable=differentiable)
+    assert plan.dependent_launch == dependent
+    launched_as_dependents = [plan.carry[False], plan.forward_output] if dependent else []
+    signalling = [plan.forward_summary, *launched_as_dependents] if dependent else []
+    for launcher in vars(plan).values():
+        for one in launcher.values() if isinstance(launcher, dict) else [launcher]:
+            if isinstance(one, scan_triton._Launcher):
+                assert one.options.get("launch_pdl", False) == (one in launched_as_dependents), one.kernel
+                assert one.constants.get("DEPENDENT", False) == (one in signalling), one.kernel
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")

@@ -10,12 +10,15 @@ registers while in flight. It then reads every sub-tile from shared memory in th
 ((steps, state lanes, channels, states per thread), a thread per channel and lane) and does their arithmetic:
 the same chunks, the same summaries and entry states, the same operand strides and masks.
 
-Same arguments as ``_forward_summary_kernel`` and ``_forward_output_kernel`` of ``scan_triton``, plus SUB, STAGES and
-EXACT. Masked copies fill shared memory with zeros, and every step outside the sequence or channel outside the group
-gets dt = 0, which makes it the identity, as in the Triton walks. With EXACT (L a multiple of the chunk, the group a
-multiple of the channel block, N a power of two) there is nothing to mask, and the kernels leave the masks out: they
-cost the output walk 29 registers a thread (217 against 188 for sm_90), one program less per SM, and on the H100 30 %
-more time at (16, 64, 16384) (docs/performance.md, "The forward walks in Gluon").
+Same arguments as ``_forward_summary_kernel`` and ``_forward_output_kernel`` of ``scan_triton``, plus SUB, STAGES,
+EXACT and DEPENDENT. With DEPENDENT (sm_90; the carry kernel between the walks and the output walk are then launched
+as programmatic dependents), the summary walk lets the carry's programs start at once, and the output walk starts
+copying its first stages before it waits for the carry's entry states. Masked copies fill shared memory with zeros,
+and every step outside the sequence or channel outside the group gets dt = 0, which makes it the identity, as in the
+Triton walks. With EXACT (L a multiple of the chunk, the group a multiple of the channel block, N a power of two)
+there is nothing to mask, and the kernels leave the masks out: they cost the output walk 29 registers a thread (217
+against 188 for sm_90), one program less per SM, and on the H100 30 % more time at (16, 64, 16384)
+(docs/performance.md, "The forward walks in Gluon").
 
 Gluon runs on the GPU only: Triton's interpreter, on which the CPU tests of the kernels rely, cannot run it. Those
 tests run the Triton walks, and ``tests/test_triton_compile.py`` compiles these for sm_90 on the CPU.
@@ -45,6 +48,20 @@ def _softplus(x):
         "lg2.approx.ftz.f32 $0, $1;", "=r,r", [1.0 + gl.exp(x)], dtype=gl.float32, is_pure=True, pack=1
     )
     return gl.where(x > 20.0, x, gl.where(x < -15.0, gl.exp(x), log2 * 0.6931471805599453))
+
+
+@gluon.jit
+def _launch_dependents():
+    """Let the next kernel's programs, launched as dependents (programmatic dependent launch), start."""
+    gl.inline_asm_elementwise(
+        "griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1
+    )
+
+
+@gluon.jit
+def _wait_for_prior_grid():
+    """Wait until the kernel before this one in the stream has finished and its writes are visible."""
+    gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.constexpr_function
@@ -245,9 +262,11 @@ def forward_summary_kernel(
     dim, length, dstate, group_size, groups, blocks, chunks, u_batch, delta_batch, row_stride, B_batch, B_row,
     HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     CHUNK: gl.constexpr, STEPS: gl.constexpr, BD: gl.constexpr, NP: gl.constexpr, NL: gl.constexpr,
-    SUB: gl.constexpr, STAGES: gl.constexpr, EXACT: gl.constexpr,
+    SUB: gl.constexpr, STAGES: gl.constexpr, EXACT: gl.constexpr, DEPENDENT: gl.constexpr,
 ):  # fmt: skip
     """End state from a zero state and sum of dt of one chunk: (rows, chunks, N) and (rows, chunks)."""
+    if DEPENDENT:
+        _launch_dependents()
     TILE: gl.constexpr = _tile_layout(STEPS, NL, NP, gl.num_warps())
     SEQ: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(3, TILE))
     batch, group, c, first, left = _program(group_size, groups, blocks, BD)
@@ -297,7 +316,7 @@ def forward_output_kernel(
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     SINGLE_CHUNK: gl.constexpr,
     CHUNK: gl.constexpr, STEPS: gl.constexpr, BD: gl.constexpr, NP: gl.constexpr, NL: gl.constexpr,
-    SUB: gl.constexpr, STAGES: gl.constexpr, EXACT: gl.constexpr,
+    SUB: gl.constexpr, STAGES: gl.constexpr, EXACT: gl.constexpr, DEPENDENT: gl.constexpr,
 ):  # fmt: skip
     """One chunk from its entry state: out = (C h + D u) * silu(z). With SINGLE_CHUNK, the sequence's only chunk
     from a zero state: the program writes the zero entry state (the backward starts from it) and the final state."""
@@ -324,18 +343,20 @@ def forward_output_kernel(
         z_rows = _row_stages(z_ptr, STAGES, BD, SUB)
     else:
         z_rows = u_rows
-    entry = entry_ptr + (row.to(gl.int64) * chunks + c) * dstate + n
-    if SINGLE_CHUNK:
-        h = gl.zeros([NL, BD, NP], gl.float32, gl.SliceLayout(0, TILE))
-        gl.store(entry, h, mask=state_ok)
-    else:
-        h = gl.load(entry, mask=state_ok, other=0.0)
     start = c * CHUNK
     for k in gl.static_range(STAGES - 1):
         _start_stage(
             k, start, u_rows, delta_rows, z_rows, B_rows, C_rows, u_ptr, delta_ptr, z_ptr, B_ptr, C_ptr, first, left,
             row_stride, B_row, C_row, dstate, length, True, HAS_Z, CHUNK, STAGES, BD, NL, NP, SUB, EXACT,
         )  # fmt: skip
+    entry = entry_ptr + (row.to(gl.int64) * chunks + c) * dstate + n
+    if SINGLE_CHUNK:
+        h = gl.zeros([NL, BD, NP], gl.float32, gl.SliceLayout(0, TILE))
+        gl.store(entry, h, mask=state_ok)
+    else:
+        if DEPENDENT:  # the operands' first stages are on their way; the entry states come from the carry kernel
+            _wait_for_prior_grid()
+        h = gl.load(entry, mask=state_ok, other=0.0)
     out_rows = (first + seq_channel).to(gl.int64)[None, :] * row_stride
     step = gl.arange(0, STEPS, gl.SliceLayout(1, SEQ))
     for k in range(CHUNK // SUB):

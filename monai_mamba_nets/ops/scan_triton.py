@@ -18,7 +18,10 @@ Forward, three launches (one where the sequence is a single chunk: the output la
 The summary and output walks are Gluon kernels (``scan_gluon``) where Gluon runs them: compiled (not under Triton's
 interpreter), on Triton 3.6, on sm_80 or later, with rows that asynchronous copies can move (``_gluon_walks``). They
 stage their operands through shared memory several steps ahead, which the kernels here cannot; elsewhere the kernels
-here walk.
+here walk. On sm_90, an inference plan's Gluon forward chains its launches by programmatic dependent launch: the
+summary lets the carry's programs start while it ends, the carry lets the output's, and each waits
+(``griddepcontrol.wait``) before it reads what the kernel before it wrote; the output programs first start copying
+their operands, which no kernel here writes.
 
 Backward, four launches, for the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}:
 
@@ -215,6 +218,14 @@ def _log(x):
         return tl.log(x)
     log2 = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], tl.float32, is_pure=True, pack=1)
     return log2 * 0.6931471805599453
+
+
+@triton.jit
+def _launch_dependents_then_wait():
+    """Programmatic dependent launch (sm_90): let the next kernel's programs start, then wait until the kernel before
+    this one in the stream has finished and its writes are visible."""
+    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], tl.int32, is_pure=False, pack=1)
+    tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -457,7 +468,7 @@ def _forward_output_kernel(
 @triton.jit
 def _chunk_carry_kernel(
     A_ptr, dtsum_ptr, state_ptr, entry_ptr, final_ptr, dim, chunks, dstate,
-    REVERSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+    REVERSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, DEPENDENT: tl.constexpr,
 ):  # fmt: skip
     """State entering every chunk from each chunk's (sum of dt, state from zero); the chunk's decay is
     exp(A sum dt).
@@ -468,6 +479,8 @@ def _chunk_carry_kernel(
     row = tl.program_id(0)
     n = tl.arange(0, BLOCK_N)
     A = tl.load(A_ptr + (row % dim) * dstate + n, mask=n < dstate, other=0.0).to(tl.float32)
+    if DEPENDENT:
+        _launch_dependents_then_wait()
     base = row.to(tl.int64) * chunks
     first = chunks - 1 if REVERSE else 0
     tl.store(entry_ptr + (base + first) * dstate + n, tl.zeros([BLOCK_N], tl.float32), mask=n < dstate)
@@ -1039,6 +1052,11 @@ def _gluon_walks(device: int | None, element_bytes: int, length: int, strides: _
     return device is None or torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+def _dependent_launch(device: int | None) -> bool:
+    """Whether the GPU has programmatic dependent launch: sm_90 or later (a plan built without a GPU is for an H100)."""
+    return device is None or torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 def _takes_whole_forward(rows: int, length: int, dstate: int) -> bool:
     """Whether a chunked sequence takes the whole-sequence forward (WHOLE_FORWARD_STEPS, _STATES and _WORK)."""
     work = rows * triton.next_power_of_2(length) * dstate
@@ -1231,15 +1249,20 @@ class _Plan:
         walk_flags = dict(CHUNK=chunk, STEPS=STEPS)
         self.inline_carry = chunks <= INLINE_CARRY_CHUNKS
 
-        def walk(kernel, layout, kernel_strides, max_registers=None, **constants):
-            """A launcher over (batch, group, FOLD channel blocks) x chunks."""
+        def walk(kernel, layout, kernel_strides, max_registers=None, dependent=False, **constants):
+            """A launcher over (batch, group, FOLD channel blocks) x chunks; ``dependent``: launched as a dependent of
+            the kernel before it (programmatic dependent launch)."""
             grid = (batch * groups * layout.blocks // constants.get("FOLD", 1), chunks)
             sizes = (dim, length, dstate, group_size, groups, layout.blocks, chunks, *kernel_strides)
-            options = dict(num_warps=layout.warps, maxnreg=max_registers)
+            options = dict(num_warps=layout.warps, maxnreg=max_registers, launch_pdl=dependent)
             return _Launcher(kernel, grid, device, options, sizes, **constants, **layout.constants(), **walk_flags)
 
         # a sequence of one chunk needs no summary or carry: the output kernel starts it from zero
         self.single_chunk = chunks == 1
+        # an inference plan's Gluon forward: its carry and output kernels start while the kernel before them ends
+        # (DEPENDENT). A differentiable plan's launches stay apart: not measured yet
+        self.dependent_launch = not self.differentiable and self.gluon_walks and not whole_forward
+        self.dependent_launch = self.dependent_launch and not self.single_chunk and _dependent_launch(device)
         if whole_forward:
             self.gluon_walks = False
             self.whole_forward = _whole_sequence_launcher(
@@ -1255,7 +1278,8 @@ class _Plan:
                 # the tiles cover the operands exactly: the Gluon walks leave their masks out
                 exact = length % chunk == 0 and group_size % forward.channels == 0
                 exact = exact and dstate == forward.lanes * forward.states
-                summary_registers, stages = None, dict(SUB=GLUON_STEPS, STAGES=GLUON_STAGES, EXACT=exact)
+                stages = dict(SUB=GLUON_STEPS, STAGES=GLUON_STAGES, EXACT=exact, DEPENDENT=self.dependent_launch)
+                summary_registers = None
             else:
                 kernels = _forward_summary_kernel, _forward_output_kernel
                 summary_registers, stages = FORWARD_SUMMARY_REGISTERS, {}
@@ -1263,7 +1287,10 @@ class _Plan:
                 kernels[0], forward, strides.summary(), summary_registers, HAS_BIAS=flags["HAS_BIAS"],
                 SOFTPLUS=flags["SOFTPLUS"], **stages,
             )  # fmt: skip
-            self.forward_output = walk(kernels[1], forward, strides, SINGLE_CHUNK=self.single_chunk, **flags, **stages)
+            self.forward_output = walk(
+                kernels[1], forward, strides, dependent=self.dependent_launch, SINGLE_CHUNK=self.single_chunk,
+                **flags, **stages,
+            )  # fmt: skip
         summary = _layout(dstate, group_size, SUMMARY_STATES)
         gradient = _layout(dstate, group_size, GRADIENT_STATES, GRADIENT_WARPS)
         self.backward_summary = walk(_backward_summary_kernel, summary, strides, SPAN=CHECKPOINT, **flags)
@@ -1275,11 +1302,13 @@ class _Plan:
         )  # fmt: skip
         block_n = triton.next_power_of_2(dstate)
         carry = dict(BLOCK_C=max(16, min(triton.next_power_of_2(chunks), 4096 // block_n)), BLOCK_N=block_n)
+        # the forward carry, between the Gluon walks, is a dependent launch; the backward's is not
         self.carry = {
             reverse: _Launcher(
-                _chunk_carry_kernel, (rows,), device, dict(num_warps=4), (dim, chunks, dstate), REVERSE=reverse, **carry
-            )
-            for reverse in (False, True)
+                _chunk_carry_kernel, (rows,), device, dict(num_warps=4, launch_pdl=dependent), (dim, chunks, dstate),
+                REVERSE=reverse, DEPENDENT=dependent, **carry,
+            )  # fmt: skip
+            for reverse, dependent in ((False, self.dependent_launch), (True, False))
         }
         # a single chunk's end states (no summary launch), and the reverse carry's two outputs where the gradient
         # programs fold the adjoint summaries themselves, are never written
