@@ -474,7 +474,9 @@ def _chunk_carry_kernel(
     exp(A sum dt).
 
     entry[c] = decay[c - 1] entry[c - 1] + state[c - 1], entry[0] = 0; with ``REVERSE`` the chunks are walked
-    from the last one (entry[c] then comes from chunk c + 1). The state after the walk goes to ``final``.
+    from the last one (entry[c] then comes from chunk c + 1). The state after the walk goes to ``final``. With
+    ``DEPENDENT`` the kernel is a dependent launch: it lets the next kernel's programs start, then waits for the
+    summaries.
     """
     row = tl.program_id(0)
     n = tl.arange(0, BLOCK_N)
