@@ -92,8 +92,9 @@ _COMPILE_CHECK = textwrap.dedent("""
     # whole-sequence forward (L <= 1024) with the chunked backward and its carry kernel (19 chunks), 2 groups
     scan(2, 8, 600, 16, groups=2)
     # every chunked launch (the forward walks in Gluon), no optional operand; gradient programs take 8 channel
-    # blocks, dB and dC in place
+    # blocks, dB and dC in place; then inference, whose Gluon forward is three dependent launches
     scan(2, 64, 32768, 16, optional=False)
+    scan(2, 64, 32768, 16, optional=False, grad=False)
     # the forward walks in Triton: fp16 rows whose length does not show them 4-byte aligned for cp.async
     scan(2, 64, 4100, 16, dtype=torch.float16, optional=False)
     # whole-sequence programs in bf16, N = 5, no optional operand
@@ -151,9 +152,11 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
     # every constexpr branch of the kernels, each way
     branches = {
         "scan_triton._forward_output_kernel": ("SINGLE_CHUNK", "HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS"),
-        "scan_gluon.forward_summary_kernel": ("HAS_BIAS", "SOFTPLUS", "EXACT"),
-        "scan_gluon.forward_output_kernel": ("SINGLE_CHUNK", "HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS", "EXACT"),
-        "scan_triton._chunk_carry_kernel": ("REVERSE",),
+        "scan_gluon.forward_summary_kernel": ("HAS_BIAS", "SOFTPLUS", "EXACT", "DEPENDENT"),
+        "scan_gluon.forward_output_kernel": (
+            "SINGLE_CHUNK", "HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS", "EXACT", "DEPENDENT",
+        ),
+        "scan_triton._chunk_carry_kernel": ("REVERSE", "DEPENDENT"),
         "scan_triton._backward_kernel": ("INLINE_CARRY", "HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS"),
         "scan_triton._whole_forward_kernel": ("PRE_GATE", "HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS"),
         "scan_triton._whole_backward_kernel": ("HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS"),
