@@ -1263,8 +1263,10 @@ class _Plan:
         self.single_chunk = chunks == 1
         # an inference plan's Gluon forward: its carry and output kernels start while the kernel before them ends
         # (DEPENDENT). A differentiable plan's launches stay apart: not measured yet
-        self.dependent_launch = not self.differentiable and self.gluon_walks and not whole_forward
-        self.dependent_launch = self.dependent_launch and not self.single_chunk and _dependent_launch(device)
+        self.dependent_launch = (
+            not self.differentiable and self.gluon_walks and not whole_forward and not self.single_chunk
+            and _dependent_launch(device)
+        )
         if whole_forward:
             self.gluon_walks = False
             self.whole_forward = _whole_sequence_launcher(
