@@ -2,9 +2,9 @@
 installed, and (on CPU, where Triton is installed) under Triton's interpreter.
 
 Tolerances are the issue's (mamba-ssm's own test tolerances): fp32 rtol 6e-4 / atol 2e-3, bf16 3e-2 / 5e-2, and
-mamba-ssm's fp16 3e-3 / 5e-3. For
-gradients summed over batch and L (dA, dD, ddelta_bias) and over the channels of a group (dB, dC) the absolute
-tolerance is scaled by the gradient's magnitude, since their size grows with the sizes summed over.
+mamba-ssm's fp16 3e-3 / 5e-3. For gradients summed over batch and L (dA, dD, ddelta_bias) and over the channels of a
+group (dB, dC) the absolute tolerance is scaled by the gradient's magnitude, since their size grows with the sizes
+summed over.
 """
 
 import contextvars
