@@ -221,10 +221,19 @@ def test_multi_gpu_train_and_evaluate_with_gloo_on_two_processes(demo_env, tmp_p
         assert torch.equal(value, ranks[1]["state"][name]), name
     assert (root / "models" / "model.pt").is_file()
 
-    configs = "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']"
+    # After the bundle's own finalize, each rank lists its threads: a gloo group still alive at interpreter exit
+    # can abort the process when a gloo worker releases its last collective during shutdown.
+    finalize = json.loads((CONFIGS / "multi_gpu_evaluate.json").read_text())["finalize"]
+    threads = "[open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')]"
+    list_threads = f"$pathlib.Path(@output_dir, 'threads' + os.environ['RANK']).write_text(' '.join({threads}))"
+    evidence.write_text(json.dumps({"finalize": finalize + ["$import pathlib", list_threads]}))
+    configs = f"['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json','{evidence}']"
     _bundle_run(["--config_file", configs] + _args({**TINY, "bundle_root": str(root)}), BUNDLE, demo_env, 2)
     rows = (root / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()[1:]
     assert len(rows) == 4  # the test split, gathered from both ranks
+    for rank in (0, 1):
+        names = (root / "eval" / f"threads{rank}").read_text().split()
+        assert not [name for name in names if "gloo" in name], names
 
 
 def test_demo_command_runs_all_three_workflows(demo_env, tmp_path, monkeypatch):
