@@ -196,21 +196,32 @@ def test_train_evaluate_infer_with_documented_commands(demo_env, tmp_path):
     assert len(list((tmp_path / "masks").iterdir())) == 3
 
 
+def _finalize_then_list_threads(config: str, before: list[str] = ()) -> str:
+    """A config that runs ``before``, then the bundle config's own ``finalize``, then writes each rank's thread names
+    to ``threads<rank>`` in the output folder: a gloo group still alive at interpreter exit can abort the process,
+    when a gloo worker releases its last collective during shutdown."""
+    finalize = json.loads((CONFIGS / config).read_text())["finalize"]
+    threads = "[open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')]"
+    list_threads = f"$pathlib.Path(@output_dir, 'threads' + os.environ['RANK']).write_text(' '.join({threads}))"
+    return json.dumps({"finalize": [*before, *finalize, "$import pathlib", list_threads]})
+
+
+def _assert_no_gloo_thread_left(output_dir: Path) -> None:
+    for rank in (0, 1):
+        names = (output_dir / f"threads{rank}").read_text().split()
+        assert not [name for name in names if "gloo" in name], names
+
+
 def test_multi_gpu_train_and_evaluate_with_gloo_on_two_processes(demo_env, tmp_path):
-    """torchrun with 2 CPU processes: both ranks train on disjoint shards and end with identical weights."""
+    """torchrun with 2 CPU processes: both ranks train on disjoint shards and end with identical weights; the
+    bundle's finalize leaves no gloo thread behind, in training (DDP) and in evaluation."""
     root = tmp_path / "bundle_root"
     evidence = tmp_path / "ranks.json"
-    evidence.write_text(
-        json.dumps(
-            {
-                "finalize": [
-                    "$torch.save({'world_size': dist.get_world_size(), 'indices': list(iter(@train#sampler)), "
-                    "'state': @network.module.state_dict()}, @output_dir + f'/rank{dist.get_rank()}.pt')",
-                    "$dist.is_initialized() and dist.destroy_process_group()",
-                ]
-            }
-        )
+    save_rank = (
+        "$torch.save({'world_size': dist.get_world_size(), 'indices': list(iter(@train#sampler)), "
+        "'state': @network.module.state_dict()}, @output_dir + f'/rank{dist.get_rank()}.pt')"
     )
+    evidence.write_text(_finalize_then_list_threads("multi_gpu_train.json", before=[save_rank]))
     configs = f"['configs/train.json','configs/multi_gpu_train.json','{evidence}']"
     _bundle_run(["--config_file", configs] + _args({**TINY_TRAIN, "bundle_root": str(root)}), BUNDLE, demo_env, 2)
     ranks = [torch.load(root / "eval" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -220,20 +231,14 @@ def test_multi_gpu_train_and_evaluate_with_gloo_on_two_processes(demo_env, tmp_p
     for name, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][name]), name
     assert (root / "models" / "model.pt").is_file()
+    _assert_no_gloo_thread_left(root / "eval")
 
-    # After the bundle's own finalize, each rank lists its threads: a gloo group still alive at interpreter exit
-    # can abort the process when a gloo worker releases its last collective during shutdown.
-    finalize = json.loads((CONFIGS / "multi_gpu_evaluate.json").read_text())["finalize"]
-    threads = "[open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')]"
-    list_threads = f"$pathlib.Path(@output_dir, 'threads' + os.environ['RANK']).write_text(' '.join({threads}))"
-    evidence.write_text(json.dumps({"finalize": finalize + ["$import pathlib", list_threads]}))
+    evidence.write_text(_finalize_then_list_threads("multi_gpu_evaluate.json"))
     configs = f"['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json','{evidence}']"
     _bundle_run(["--config_file", configs] + _args({**TINY, "bundle_root": str(root)}), BUNDLE, demo_env, 2)
     rows = (root / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()[1:]
     assert len(rows) == 4  # the test split, gathered from both ranks
-    for rank in (0, 1):
-        names = (root / "eval" / f"threads{rank}").read_text().split()
-        assert not [name for name in names if "gloo" in name], names
+    _assert_no_gloo_thread_left(root / "eval")
 
 
 def test_demo_command_runs_all_three_workflows(demo_env, tmp_path, monkeypatch):
