@@ -196,7 +196,7 @@ def test_train_evaluate_infer_with_documented_commands(demo_env, tmp_path):
     assert len(list((tmp_path / "masks").iterdir())) == 3
 
 
-def _finalize_then_list_threads(config: str, before: list[str] = ()) -> str:
+def _finalize_then_list_threads(config: str, before: tuple[str, ...] = ()) -> str:
     """A config that runs ``before``, then the bundle config's own ``finalize``, then writes each rank's thread names
     to ``threads<rank>`` in the output folder: a gloo group still alive at interpreter exit can abort the process,
     when a gloo worker releases its last collective during shutdown."""
@@ -221,7 +221,7 @@ def test_multi_gpu_train_and_evaluate_with_gloo_on_two_processes(demo_env, tmp_p
         "$torch.save({'world_size': dist.get_world_size(), 'indices': list(iter(@train#sampler)), "
         "'state': @network.module.state_dict()}, @output_dir + f'/rank{dist.get_rank()}.pt')"
     )
-    evidence.write_text(_finalize_then_list_threads("multi_gpu_train.json", before=[save_rank]))
+    evidence.write_text(_finalize_then_list_threads("multi_gpu_train.json", before=(save_rank,)))
     configs = f"['configs/train.json','configs/multi_gpu_train.json','{evidence}']"
     _bundle_run(["--config_file", configs] + _args({**TINY_TRAIN, "bundle_root": str(root)}), BUNDLE, demo_env, 2)
     ranks = [torch.load(root / "eval" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
